@@ -1,0 +1,1 @@
+"""Readers and writers of the workflow's data formats."""

@@ -1,0 +1,240 @@
+"""Checkpoint I/O: NGC .pt files, Hugging Face round trips, strictness and bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from conftest import hf_config, random_batch, write_vocab
+
+from bertdistill.checkpoints import (
+    CheckpointError,
+    load_model,
+    load_projection,
+    save_model,
+)
+from bertdistill.model import BertConfig, build_model
+
+TOL = 1e-5
+
+
+def ngc_state_dict(hf_model) -> dict[str, torch.Tensor]:
+    """Rename a transformers state dict the way NVIDIA's modeling.py names things."""
+    out = {}
+    for k, v in hf_model.state_dict().items():
+        k = k if k.startswith(("bert.", "cls.", "qa_outputs.", "classifier.")) else "bert." + k
+        k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        k = k.replace("intermediate.dense.", "intermediate.dense_act.").replace("pooler.dense.", "pooler.dense_act.")
+        k = k.replace("transform.dense.", "transform.dense_act.")
+        out[k] = v.clone()
+    return out
+
+
+def write_ngc_folder(folder: Path, hf_model, vocab_lines: int = 30522) -> Path:
+    """An NGC-style folder: config.json + vocab.txt + a training checkpoint under a 'model' key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = hf_model.config.to_dict()
+    (folder / "config.json").write_text(json.dumps({k: cfg[k] for k in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+        "type_vocab_size", "initializer_range")}))
+    write_vocab(folder / "vocab.txt", vocab_lines)
+    ckpt = {
+        "model": ngc_state_dict(hf_model),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+        "epoch": 2,
+        "args": argparse.Namespace(seed=1, amp=True),
+    }
+    torch.save(ckpt, folder / "bert_base_qa.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ngc_vocab_hf():
+    """Models with NVIDIA's padded vocabulary (30528 rows for a 30522-line vocab.txt)."""
+    torch.manual_seed(0)
+    return hf_config(vocab_size=30528, hidden_size=32, intermediate_size=64)
+
+
+def test_ngc_qa_checkpoint_loads_to_same_outputs(tmp_path, ngc_vocab_hf):
+    hf = transformers.BertForQuestionAnswering(ngc_vocab_hf).eval()
+    folder = write_ngc_folder(tmp_path / "ngc", hf)
+    assert any("gamma" in k for k in torch.load(folder / "bert_base_qa.pt", weights_only=False)["model"])
+    ours = load_model(folder / "bert_base_qa.pt", head="qa")
+    ids, types, mask = random_batch(30522)
+    with torch.no_grad():
+        a, b = hf(ids, attention_mask=mask, token_type_ids=types), ours(ids, mask, types)
+    assert (a.start_logits - b.start_logits).abs().max() < TOL
+    assert (a.end_logits - b.end_logits).abs().max() < TOL
+    assert ours.config.vocab_size == 30528
+
+
+def test_ngc_pretraining_checkpoint_as_encoder_and_mlm(tmp_path, ngc_vocab_hf):
+    hf = transformers.BertForPreTraining(ngc_vocab_hf).eval()  # MLM + NSP heads, pooler
+    folder = write_ngc_folder(tmp_path / "ngc", hf)
+    ids, types, mask = random_batch(30522)
+    mlm = load_model(folder, head="mlm")
+    enc = load_model(folder)  # heads dropped, pooler kept
+    with torch.no_grad():
+        a = hf(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        assert (a.prediction_logits - mlm(ids, mask, types).logits).abs().max() < TOL
+        assert (a.hidden_states[-1] - enc(ids, mask, types).last_hidden_state).abs().max() < TOL
+
+
+@pytest.mark.parametrize("head,auto", [
+    (None, transformers.AutoModel),
+    ("mlm", transformers.AutoModelForMaskedLM),
+    ("classification", transformers.AutoModelForSequenceClassification),
+    ("qa", transformers.AutoModelForQuestionAnswering),
+])
+def test_save_then_load_with_transformers(tmp_path, head, auto):
+    torch.manual_seed(1)
+    ours = build_model(BertConfig.from_dict(hf_config().to_dict()), head).eval()
+    vocab = write_vocab(tmp_path / "vocab.txt", ours.config.vocab_size)
+    proj = torch.nn.Linear(48, 96)
+    folder = save_model(ours, tmp_path / "saved", vocab=vocab, projection=proj, settings={"stage": "test"})
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "distill.json", "model.safetensors", "projection.safetensors", "vocab.txt"]
+    hf = auto.from_pretrained(folder, attn_implementation="eager").eval()
+    ids, types, mask = random_batch(ours.config.vocab_size)
+    with torch.no_grad():
+        a = hf(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        b = ours(ids, mask, types, output_hidden_states=True)
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+        assert (x - y).abs().max() < 1e-4
+    for field in ("logits", "start_logits", "end_logits"):
+        if getattr(b, field, None) is not None:
+            assert (getattr(a, field) - getattr(b, field)).abs().max() < 1e-4
+    # Our own loader reads it back identically, projection included.
+    again = load_model(folder, head=head)
+    assert all(torch.equal(x, y) for x, y in zip(ours.state_dict().values(), again.state_dict().values()))
+    back = load_projection(folder)
+    assert torch.equal(back.weight, proj.weight) and torch.equal(back.bias, proj.bias)
+
+
+def test_transformers_folder_loads(tmp_path):
+    torch.manual_seed(2)
+    hf = transformers.BertForSequenceClassification(hf_config(num_labels=3)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf", head="classification")
+    ids, types, mask = random_batch(99)
+    with torch.no_grad():
+        assert (hf(ids, attention_mask=mask, token_type_ids=types).logits - ours(ids, mask, types).logits).abs().max() < TOL
+
+
+def test_pytorch_model_bin_folder_loads(tmp_path):
+    torch.manual_seed(3)
+    hf = transformers.BertModel(hf_config()).eval()
+    (tmp_path / "hf").mkdir()
+    hf.config.to_json_file(tmp_path / "hf" / "config.json")
+    torch.save(hf.state_dict(), tmp_path / "hf" / "pytorch_model.bin")  # the pre-safetensors HF layout
+    ours = load_model(tmp_path / "hf")
+    ids, types, mask = random_batch(99)
+    with torch.no_grad():
+        assert (hf(ids, attention_mask=mask).last_hidden_state - ours(ids, mask).last_hidden_state).abs().max() < TOL
+
+
+def test_missing_head_is_an_error_unless_asked_to_initialise(tmp_path):
+    torch.manual_seed(4)
+    enc = build_model(BertConfig.from_dict(hf_config().to_dict()), None, add_pooling_layer=False)
+    save_model(enc, tmp_path / "enc")
+    with pytest.raises(CheckpointError, match="qa_outputs.weight.*init_head=True"):
+        load_model(tmp_path / "enc", head="qa")
+    model = load_model(tmp_path / "enc", head="classification", init_head=True)
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, enc.embeddings.word_embeddings.weight)
+
+
+def one_line_error(exc_info, path) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "m")
+    assert "config.json" in one_line_error(e, tmp_path / "m" / "config.json")
+
+
+def test_truncated_safetensors(tmp_path):
+    ours = build_model(BertConfig.from_dict(hf_config().to_dict()))
+    folder = save_model(ours, tmp_path / "m")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        load_model(folder)
+    assert "truncated or corrupt" in one_line_error(e, folder / "model.safetensors")
+
+
+def test_truncated_pickle(tmp_path, ngc_vocab_hf):
+    folder = write_ngc_folder(tmp_path / "ngc", transformers.BertModel(ngc_vocab_hf))
+    f = folder / "bert_base_qa.pt"
+    f.write_bytes(f.read_bytes()[:5000])
+    with pytest.raises(CheckpointError) as e:
+        load_model(f)
+    one_line_error(e, f)
+
+
+def test_vocab_size_mismatch(tmp_path):
+    ours = build_model(BertConfig.from_dict(hf_config().to_dict()))
+    folder = save_model(ours, tmp_path / "m")
+    write_vocab(folder / "vocab.txt", 80)  # embeddings have 99 rows
+    with pytest.raises(CheckpointError) as e:
+        load_model(folder)
+    assert "80 tokens" in one_line_error(e, folder / "vocab.txt")
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    hf = transformers.BertModel(hf_config())
+    sd = hf.state_dict()
+    del sd["encoder.layer.1.output.dense.bias"]
+    sd["encoder.layer.9.extra.weight"] = torch.zeros(2)
+    (tmp_path / "m").mkdir()
+    torch.save(sd, tmp_path / "m" / "pytorch_model.bin")
+    hf.config.to_json_file(tmp_path / "m" / "config.json")
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "m")
+    msg = one_line_error(e, tmp_path / "m" / "pytorch_model.bin")
+    assert "missing encoder.layer.1.output.dense.bias" in msg and "unexpected encoder.layer.9.extra.weight" in msg
+
+
+def test_shape_mismatch_with_config(tmp_path):
+    hf = transformers.BertModel(hf_config())
+    hf.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["intermediate_size"] = 96
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape mismatch.*intermediate.dense.weight"):
+        load_model(tmp_path / "m")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _Exploit()
+    evil.marker = marker
+    f = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": evil}, f)
+    with pytest.raises(CheckpointError) as e:
+        load_model(f, config=BertConfig.from_dict(hf_config().to_dict()))
+    msg = one_line_error(e, f)
+    assert "refused" in msg and "system" in msg
+    assert not marker.exists()
+
+
+def test_save_refuses_to_replace_a_finished_model(tmp_path):
+    ours = build_model(BertConfig.from_dict(hf_config().to_dict()))
+    save_model(ours, tmp_path / "m")
+    with pytest.raises(FileExistsError):
+        save_model(ours, tmp_path / "m")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp")]

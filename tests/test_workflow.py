@@ -1,0 +1,151 @@
+"""The workflow on a tiny config in a temp dir: dry run, real run, no-op rerun, targeted rerun."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import yaml
+from conftest import hf_config, random_batch, write_vocab
+from test_checkpoints import ngc_state_dict
+
+from bertdistill.checkpoints import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = ("Snakefile", "rules", "scripts", "schemas", "profiles", "envs", "config", "report")
+
+
+def smk(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wd, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def planned_jobs(r: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> count from the 'Job stats' table of a dry run."""
+    jobs, in_table = {}, False
+    for line in (r.stdout + r.stderr).splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] != "total":
+                    jobs[parts[0]] = int(parts[1])
+            elif parts and not set(line.strip()) <= {"-", " "}:
+                in_table = False
+    return jobs
+
+
+@pytest.fixture
+def workdir(tmp_path, http_server):
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, wd / name)
+        elif src.exists():
+            shutil.copy(src, wd / name)
+    torch.manual_seed(0)
+    cfg = hf_config(vocab_size=104, hidden_size=32, intermediate_size=64)
+    # An NGC-style pre-training checkpoint (local path) and a zipped NGC QA checkpoint (URL).
+    base = transformers.BertForPreTraining(cfg).eval()
+    ngc = tmp_path / "ngc"
+    ngc.mkdir()
+    torch.save({"model": ngc_state_dict(base), "epoch": 1}, ngc / "bert_base.pt")
+    cfg.to_json_file(ngc / "config.json")
+    write_vocab(ngc / "vocab.txt", 100)  # padded to 104 rows, as NVIDIA does
+    qa = transformers.BertForQuestionAnswering(cfg).eval()
+    root, url = http_server
+    with zipfile.ZipFile(root / "qa.zip", "w") as z:
+        torch.save({"model": ngc_state_dict(qa)}, tmp_path / "bert_base_qa.pt")
+        z.write(tmp_path / "bert_base_qa.pt", "bert_base_qa.pt")
+    sha = hashlib.sha256((root / "qa.zip").read_bytes()).hexdigest()
+    config = {
+        "teachers": {
+            "base": {"source": {"path": str(ngc / "bert_base.pt")}},
+            "squad": {
+                "source": {"url": f"{url}/qa.zip", "sha256": sha},
+                "head": "qa",
+                "config": {k: cfg.to_dict()[k] for k in (
+                    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                    "max_position_embeddings")},
+                "vocab": str(ngc / "vocab.txt"),
+            },
+        }
+    }
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return wd, {"base": base, "squad": qa}
+
+
+def test_lint_and_format_clean():
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
+    if fmt is None:
+        pytest.skip("snakefmt not installed")
+    r = subprocess.run([fmt, "--check", "Snakefile", "rules/"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_run_rerun_and_targeted_rerun(workdir):
+    wd, models = workdir
+    dry = smk(wd, "-n", "--cores", "2")
+    assert planned_jobs(dry) == {"all": 1, "download_teacher": 1, "import_teacher": 2, "describe_teacher": 2}
+    assert smk(wd, "--dag").stdout.lstrip().startswith("digraph")
+
+    smk(wd, "--cores", "2")
+    ids, types, mask = random_batch(100)
+    qa = load_model(wd / "resources/teachers/squad", head="qa")
+    with torch.no_grad():
+        ref = models["squad"](ids, attention_mask=mask, token_type_ids=types)
+        assert (qa(ids, mask, types).start_logits - ref.start_logits).abs().max() < 1e-5
+        enc = load_model(wd / "resources/teachers/base")
+        ref = models["base"].bert(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        assert (enc(ids, mask, types).last_hidden_state - ref).abs().max() < 1e-5
+    summary = json.loads((wd / "resources/teachers/squad.json").read_text())
+    assert summary["layers"] == 3 and summary["parameters"] == qa.bert.num_parameters()
+    assert (wd / "benchmarks/assets/import_teacher_base.tsv").is_file()
+
+    again = smk(wd, "--cores", "2")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A changed parameter of one teacher reruns exactly that teacher's import and summary.
+    config = yaml.safe_load((wd / "config/config.yaml").read_text())
+    config["teachers"]["base"]["head"] = "mlm"
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
+    dry = smk(wd, "-n", "--cores", "2")
+    assert planned_jobs(dry) == {"all": 1, "import_teacher": 1, "describe_teacher": 1}
+    assert "resources/teachers/base" in dry.stdout and "resources/teachers/squad\n" not in dry.stdout
+
+
+def test_invalid_config_is_rejected(workdir):
+    wd, _ = workdir
+    config = yaml.safe_load((wd / "config/config.yaml").read_text())
+    config["teachers"]["base"]["source"]["package"] = "also_a_package"
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
+    r = smk(wd, "-n", "--cores", "1", check=False)
+    assert r.returncode != 0 and "ValidationError" in r.stdout + r.stderr
+
+
+def test_corrupt_download_fails_with_message(workdir):
+    wd, _ = workdir
+    config = yaml.safe_load((wd / "config/config.yaml").read_text())
+    config["teachers"]["squad"]["source"]["sha256"] = "0" * 64
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
+    r = smk(wd, "--cores", "1", "resources/teachers/squad", check=False)
+    assert r.returncode != 0
+    assert "does not match" in (r.stdout + r.stderr) or "expected 0000" in (r.stdout + r.stderr)
+    assert not (wd / "resources/teachers/squad").exists()
+    assert not list((wd / "resources/downloads/squad").glob("*.zip"))
