@@ -72,8 +72,8 @@ def attention_loss(
     if masking == "faithful":
         s = student_scores.float()
         t = teacher_scores.float()
-        s = torch.where(s <= MASKED_SCORE, torch.zeros_like(s), s)
-        t = torch.where(t <= MASKED_SCORE, torch.zeros_like(t), t)
+        s = s.masked_fill(s <= MASKED_SCORE, 0.0)
+        t = t.masked_fill(t <= MASKED_SCORE, 0.0)
         if kind == "kl":
             return _kl_rows(s, t).mean()
         if kind == "mse":

@@ -117,6 +117,27 @@ class BertOutput:
         return None if self.hidden_states is None else self.hidden_states[0]
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout with a uniform-threshold mask.
+
+    Same distribution as ``F.dropout`` (keep with probability 1 − p, scale by 1/(1 − p)), but
+    on CPU ``rand`` + compare is about twice as fast as the Bernoulli kernel ``F.dropout`` uses,
+    and dropout is a large share of a distillation step when the teacher keeps it on.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+    return x * keep
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``residual + dropout(x)`` in one fused ``addcmul`` when dropout is active."""
+    if not training or p == 0.0:
+        return x + residual
+    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+    return torch.addcmul(residual, x, keep)
+
+
 def _layer_set(request: bool | Iterable[int], num_layers: int) -> frozenset[int]:
     if request is True:
         return frozenset(range(num_layers))
@@ -143,7 +164,7 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))
+        return dropout(self.LayerNorm(x), self.dropout.p, self.training)
 
 
 class BertSelfAttention(nn.Module):
@@ -167,16 +188,20 @@ class BertSelfAttention(nn.Module):
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(x, weight, bias).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, L, d]
-        if explicit:
-            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
+        p = self.dropout.p if self.training else 0.0
+        # SDPA when nothing is requested and no dropout is due; with dropout, SDPA falls back to
+        # its math kernel on CPU, so the explicit path with the faster dropout is cheaper.
+        if explicit or p > 0.0:
+            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(d))
             if mask is not None:
                 scores = scores + mask
-            probs = self.dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))
+            probs = dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype), p, True)
             context = torch.matmul(probs, v)
+            if not explicit:
+                scores = None
         else:
             scores = None
-            p = self.dropout.p if self.training else 0.0
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return context.transpose(1, 2).reshape(b, n, h * d), scores
 
 
@@ -188,7 +213,7 @@ class BertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.LayerNorm(dropout_add(self.dense(x), residual, self.dropout.p, self.training))
 
 
 class BertAttention(nn.Module):
@@ -218,7 +243,7 @@ class BertOutputLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.LayerNorm(dropout_add(self.dense(x), residual, self.dropout.p, self.training))
 
 
 class BertLayer(nn.Module):

@@ -1,0 +1,201 @@
+"""The trainer: schedule, optimizer, resume after SIGKILL/SIGTERM, DDP equivalence, best-checkpoint selection."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertdistill.checkpoints import load_model, load_projection
+from bertdistill.train import (
+    AdamNoBiasCorrection,
+    TrainConfig,
+    Trainer,
+    TensorDataset,
+    lr_at,
+    micro_batches,
+    param_groups,
+    steps_per_epoch,
+    trim_padding,
+)
+
+CHILD = Path(__file__).with_name("train_child.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def child(out: Path, *args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    cmd = [sys.executable, str(CHILD), "--out", str(out), *args]
+    if wait:
+        return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    model = load_model(out / "model")
+    proj = load_projection(out / "model")
+    return {**model.state_dict(), "proj.weight": proj.weight, "proj.bias": proj.bias}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_linear_schedule_matches_reference_formula():
+    cfg = TrainConfig(max_steps=100, lr=1.0)
+    assert lr_at(cfg, 1, 100) == pytest.approx(0.1)  # progress 0.01 / warm-up 0.1
+    assert lr_at(cfg, 10, 100) == pytest.approx(1.0)
+    assert lr_at(cfg, 55, 100) == pytest.approx(0.5)
+    assert lr_at(cfg, 100, 100) == 0.0
+    assert lr_at(TrainConfig(max_steps=100, lr=0.3, schedule="constant"), 7, 100) == 0.3
+
+
+def test_adam_without_bias_correction_by_hand():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = AdamNoBiasCorrection([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    m = v = torch.zeros(2)
+    ref = p.detach().clone()
+    for g in ([0.5, -1.0], [0.2, 0.3]):
+        g = torch.tensor(g)
+        p.grad = g.clone()
+        opt.step()
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        ref = ref - 0.1 * (m / (v.sqrt() + 1e-8) + 0.01 * ref)
+    assert torch.allclose(p.detach(), ref, atol=1e-7)
+    # The first update is (1 - b1)/sqrt(1 - b2) ≈ 3.16x Adam's step size.
+    assert abs(((1 - 0.9) / math.sqrt(1 - 0.999)) - 3.1623) < 1e-4
+
+
+def test_no_weight_decay_on_bias_and_layernorm():
+    from bertdistill.model import BertConfig, BertModel
+
+    m = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
+    decay, no_decay = param_groups(m, 0.01)
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert all("bias" not in names[id(p)] and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert any("LayerNorm.weight" in names[id(p)] for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+
+
+def test_data_order_is_independent_of_rank_split():
+    perm = torch.randperm(23)
+    gb = 8
+    for step in range(steps_per_epoch(23, gb, 2)):
+        one = micro_batches(perm, step, gb, 0, 1, 1)[0]
+        two = torch.cat([micro_batches(perm, step, gb, r, 2, 1)[0] for r in range(2)])
+        assert torch.equal(one, two)
+    assert steps_per_epoch(23, 8, 2) == 3 and steps_per_epoch(17, 8, 2) == 2  # remainder 1 < 2 ranks
+
+
+def test_trim_padding_rounds_to_eight():
+    mask = torch.zeros(2, 32, dtype=torch.long)
+    mask[0, :9] = 1
+    batch = trim_padding({"input_ids": mask.clone(), "attention_mask": mask, "teacher_logits": torch.zeros(2, 2, 32)})
+    assert batch["input_ids"].shape == (2, 16) and batch["teacher_logits"].shape == (2, 2, 16)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    full = child(tmp_path / "full", "--steps", "10", "--snapshot-every", "3")
+    assert full.returncode == 0, full.stderr
+
+    proc = child(tmp_path / "killed", "--steps", "10", "--snapshot-every", "3", "--block-at", "5", wait=False)
+    marker = tmp_path / "killed" / "blocked"
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "child never reached step 5"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model").exists()  # nothing that looks finished
+    assert (tmp_path / "killed" / "snapshots" / "snapshot.pt").exists()
+
+    resumed = child(tmp_path / "killed", "--steps", "10", "--snapshot-every", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [int(r["step"]) for r in read_csv(tmp_path / "killed" / "train.csv")]
+    assert steps == list(range(1, 11))
+    assert [r["loss"] for r in read_csv(tmp_path / "killed" / "train.csv")] == \
+        [r["loss"] for r in read_csv(tmp_path / "full" / "train.csv")]
+    assert not (tmp_path / "killed" / "snapshots").exists()  # cleared once the output exists
+
+
+def test_sigterm_snapshots_and_exits_then_resumes(tmp_path):
+    full = child(tmp_path / "full", "--steps", "8", "--snapshot-every", "100", "--accum", "2")
+    assert full.returncode == 0, full.stderr
+    term = child(tmp_path / "t", "--steps", "8", "--snapshot-every", "100", "--accum", "2", "--term-at", "3")
+    assert term.returncode != 0
+    assert not (tmp_path / "t" / "model").exists()
+    snap = torch.load(tmp_path / "t" / "snapshots" / "snapshot.pt", weights_only=False)
+    assert snap["step"] == 4  # the flag raised during step 3 is honoured at the end of step 4
+    resumed = child(tmp_path / "t", "--steps", "8", "--snapshot-every", "100", "--accum", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "t")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_settings_do_not_resume_a_stale_snapshot(tmp_path):
+    proc = child(tmp_path / "r", "--steps", "10", "--snapshot-every", "3", "--block-at", "4", wait=False)
+    while not (tmp_path / "r" / "blocked").exists():
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    fresh = child(tmp_path / "fresh", "--steps", "10", "--optimizer", "adamw")
+    again = child(tmp_path / "r", "--steps", "10", "--optimizer", "adamw")
+    assert again.returncode == 0 and fresh.returncode == 0
+    a, b = weights(tmp_path / "fresh"), weights(tmp_path / "r")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert list(tmp_path.glob("r/snapshots.stale-*"))  # moved aside, not deleted
+
+
+def test_ddp_two_processes_match_one_with_double_batch(tmp_path):
+    pytest.importorskip("torch.distributed")
+    args = ["--steps", "6", "--dropout", "0", "--no-dynamic-padding", "--optimizer", "adamw"]
+    one = child(tmp_path / "one", *args, "--batch", "8")
+    assert one.returncode == 0, one.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(CHILD), "--out", str(tmp_path / "two"), *args, "--batch", "4"]
+    two = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = read_csv(tmp_path / "one" / "train.csv"), read_csv(tmp_path / "two" / "train.csv")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("loss", "attention", "value", "hidden", "embedding"):
+            assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-4, abs=1e-6), (ra["step"], k)
+    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_keep_best_selects_and_records(tmp_path):
+    from bertdistill.model import BertConfig, BertForSequenceClassification
+    from bertdistill.objectives import SupervisedObjective
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=16))
+    ids = torch.randint(5, 30, (32, 8))
+    data = TensorDataset({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": (ids[:, 1] > 17).long()})
+    scores = iter([0.5, 0.9, 0.7])  # evaluation at steps 2, 4, 6: best is step 4
+    saved = {}
+
+    def evaluate(student):
+        saved[len(saved)] = {k: v.clone() for k, v in student.state_dict().items()}
+        return {"metric": next(scores)}
+
+    cfg = TrainConfig(max_steps=6, batch_size=8, lr=1e-2, eval_every=2, keep="best", log_every=1)
+    result = Trainer(cfg, tmp_path / "snap").fit(SupervisedObjective(model), data, evaluate=evaluate)
+    assert result.selection["keep"] == "best" and result.selection["selected_step"] == 4
+    assert [h["step"] for h in result.selection["history"]] == [2, 4, 6]
+    assert all(torch.equal(model.state_dict()[k], saved[1][k]) for k in saved[1])

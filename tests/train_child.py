@@ -1,0 +1,71 @@
+"""A tiny distillation run used by the resume and DDP tests (run as a subprocess or under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from bertdistill.checkpoints import save_model
+from bertdistill.model import BertConfig, BertModel
+from bertdistill.objectives import BackboneLossConfig, BackboneObjective, make_projection
+from bertdistill.train import Trainer, TrainConfig, TensorDataset
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--snapshot-every", type=int, default=3)
+    p.add_argument("--block-at", type=int, default=0, help="at this step write <out>/blocked and hang")
+    p.add_argument("--term-at", type=int, default=0, help="at this step send ourselves SIGTERM")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--no-dynamic-padding", action="store_true")
+    p.add_argument("--optimizer", default="adam_nobc")
+    p.add_argument("--masking", default="faithful")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(a.out)
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=60, num_attention_heads=4, max_position_embeddings=32,
+                  hidden_dropout_prob=a.dropout, attention_probs_dropout_prob=a.dropout)
+    teacher = BertModel(BertConfig(hidden_size=32, num_hidden_layers=4, intermediate_size=48, **common))
+    student = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, **common),
+                        add_pooling_layer=False)
+    projection = make_projection(student.config, teacher.config, seed=0)
+    g = torch.Generator().manual_seed(1)
+    n, length = 40, 16
+    ids = torch.randint(5, 60, (n, length), generator=g)
+    lengths = torch.randint(4, length + 1, (n,), generator=g)
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    data = TensorDataset({"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})
+
+    objective = BackboneObjective(student, teacher.config, projection,
+                                  BackboneLossConfig(layer_map="uniform", masking=a.masking, embedding="mse"))
+    cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch, grad_accum=a.accum, lr=5e-3, optimizer=a.optimizer,
+                      snapshot_every=a.snapshot_every, log_every=1, seed=3,
+                      dynamic_padding=not a.no_dynamic_padding)
+
+    def on_step(step, terms):
+        if step == a.block_at:
+            (out / "blocked").write_text(str(step))
+            time.sleep(600)
+        if step == a.term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer = Trainer(cfg, out / "snapshots", log_csv=out / "train.csv", on_step=on_step)
+    trainer.fit(objective, data, teacher=teacher)
+    if trainer.dist.main:
+        save_model(student, out / "model", projection=projection, settings={"steps": a.steps}, overwrite=True)
+    trainer.clear_snapshots()
+
+
+if __name__ == "__main__":
+    main()
