@@ -199,3 +199,59 @@ def test_keep_best_selects_and_records(tmp_path):
     assert result.selection["keep"] == "best" and result.selection["selected_step"] == 4
     assert [h["step"] for h in result.selection["history"]] == [2, 4, 6]
     assert all(torch.equal(model.state_dict()[k], saved[1][k]) for k in saved[1])
+
+
+def _tiny_objective(seed=0):
+    from bertdistill.model import BertConfig, BertModel
+    from bertdistill.objectives import BackboneObjective, make_projection
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=40, num_attention_heads=2, max_position_embeddings=16,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    teacher = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=16, **common))
+    student = BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, intermediate_size=8, **common),
+                        add_pooling_layer=False)
+    return BackboneObjective(student, teacher.config, make_projection(student.config, teacher.config, 0)), teacher
+
+
+def _tiny_data(n=24, length=12):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 40, (n, length), generator=g)
+    mask = (torch.arange(length)[None] < torch.randint(3, length + 1, (n, 1), generator=g)).long()
+    return TensorDataset({"input_ids": ids * mask, "attention_mask": mask})
+
+
+def test_gradient_accumulation_equals_bigger_batch(tmp_path):
+    runs = {}
+    for name, (bs, accum) in {"big": (8, 1), "accum": (4, 2)}.items():
+        objective, teacher = _tiny_objective()
+        cfg = TrainConfig(max_steps=4, batch_size=bs, grad_accum=accum, lr=1e-2, dynamic_padding=False, log_every=1)
+        Trainer(cfg, tmp_path / name).fit(objective, _tiny_data(), teacher=teacher)
+        runs[name] = objective.state_dict()
+    assert all(torch.allclose(runs["big"][k], runs["accum"][k], atol=1e-6) for k in runs["big"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(tmp_path, precision):
+    objective, teacher = _tiny_objective()
+    before = {k: v.clone() for k, v in objective.state_dict().items()}
+    cfg = TrainConfig(max_steps=3, batch_size=8, lr=1e-2, precision=precision, log_every=1)
+    result = Trainer(cfg, tmp_path / "s", log_csv=tmp_path / "log.csv").fit(objective, _tiny_data(), teacher=teacher)
+    assert math.isfinite(result.last_terms["loss"])
+    assert any(not torch.equal(before[k], v) for k, v in objective.state_dict().items())
+    assert all(v.dtype == torch.float32 for v in objective.state_dict().values())  # master weights stay fp32
+
+
+def test_saved_output_records_selection(tmp_path):
+    import json
+
+    from bertdistill.stages import save_trained
+
+    objective, teacher = _tiny_objective()
+    cfg = TrainConfig(max_steps=2, batch_size=8, lr=1e-2, log_every=1)
+    result = Trainer(cfg, tmp_path / "s").fit(objective, _tiny_data(), teacher=teacher)
+    out = save_trained(objective, result, tmp_path / "out", cfg, settings={"stage": "test"})
+    record = json.loads((out / "distill.json").read_text())
+    assert record["selection"]["keep"] == "last" and record["selection"]["selected_step"] == 2
+    assert record["train"]["lr"] == 1e-2 and record["stage"] == "test"
+    assert (out / "projection.safetensors").is_file()

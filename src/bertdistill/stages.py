@@ -79,6 +79,32 @@ def import_teacher(
         return save_model(model, output, vocab=vocab_path, settings=settings, overwrite=True)
 
 
+def save_trained(
+    objective: Any,
+    result: Any,
+    output: str | Path,
+    train_config: Any,
+    settings: Mapping[str, Any] | None = None,
+    vocab: str | Path | None = None,
+) -> Path:
+    """Write a trained student (and its projection) with the run's settings and checkpoint
+    selection in ``distill.json``. Called once training has completed, so the declared output
+    appears only for a finished stage (``save_model`` renames it into place)."""
+    import dataclasses
+
+    record = {
+        **dict(settings or {}),
+        "train": dataclasses.asdict(train_config),
+        "selection": result.selection,
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from,
+        "wall_s": round(result.wall_s, 3),
+        "final_loss_terms": result.last_terms,
+    }
+    return save_model(objective.student, output, vocab=vocab, projection=objective.projection,
+                      settings=record, overwrite=True)
+
+
 def describe_model(model_dir: str | Path, output: str | Path) -> dict[str, Any]:
     """Write a JSON summary of a model folder (config, parameter counts) and return it."""
     model_dir = Path(model_dir)
