@@ -1,16 +1,22 @@
 from snakemake.utils import min_version, validate
 
+from bertdistill.config import coerce_cli_strings
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
+# Nested --config values arrive as strings; convert where the schema expects numbers.
+coerce_cli_strings(config, f"{workflow.basedir}/schemas/config.schema.yaml")
 validate(config, "schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"
 include: "rules/assets.smk"
+include: "rules/pretraining.smk"
+include: "rules/general.smk"
 
 
 rule all:

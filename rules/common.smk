@@ -37,4 +37,42 @@ def download_source(wildcards):
 
 
 def all_targets():
-    return expand("resources/teachers/{teacher}.json", teacher=teacher_names())
+    return expand("resources/teachers/{teacher}.json", teacher=teacher_names()) + [
+        "results/general/phase2"
+    ]
+
+
+def general_teacher_dir():
+    return f"resources/teachers/{config['general']['teacher']}"
+
+
+def corpus_inputs(wildcards):
+    """Local corpus files are inputs (edits rerun the corpus); package sources are params only."""
+    return [src["path"] for src in config["corpus"]["sources"] if src.get("path")]
+
+
+def shard_settings(wildcards):
+    s = config["shards"]
+    return {
+        "max_seq_length": int(wildcards.seq),
+        "short_seq_prob": s["short_seq_prob"],
+        "masking": s["masking"],
+        "masked_lm_prob": s["masked_lm_prob"],
+        "max_predictions": {str(k): v for k, v in s["max_predictions"].items()}.get(
+            wildcards.seq, max(1, round(int(wildcards.seq) * s["masked_lm_prob"]))
+        ),
+        "dupe_factor": s["dupe_factor"],
+        "lowercase": s["lowercase"],
+    }
+
+
+def phase_shards(phase):
+    """Shards a general-distillation phase reads: configured paths, or the ones we build."""
+    p = config["general"][phase]
+    if p.get("shards"):
+        return p["shards"]
+    return expand(
+        "results/shards/seq{seq}/shard_{i}.hdf5",
+        seq=p["seq"],
+        i=range(config["shards"]["num_shards"]),
+    )

@@ -319,12 +319,14 @@ def save_model(
     vocab: str | Path | None = None,
     projection: nn.Linear | None = None,
     settings: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str | Path] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` in Hugging Face layout (config.json, model.safetensors, vocab.txt).
 
     Extras: ``projection.safetensors`` (``fit_dense.weight``/``fit_dense.bias``) and
-    ``distill.json`` (the stage's settings). The folder is written next to its destination and
+    ``distill.json`` (the stage's settings), plus ``extra_files`` (name -> source path, e.g. the
+    training log) copied in. The folder is written next to its destination and
     renamed into place, so an interrupted save never leaves a folder that looks complete. An
     existing non-empty folder is replaced only with ``overwrite=True``.
     """
@@ -356,6 +358,9 @@ def save_model(
             save_file(proj, str(tmp / PROJECTION_NAME))
         if settings is not None:
             (tmp / SETTINGS_NAME).write_text(json.dumps(dict(settings), indent=2, sort_keys=True, default=str) + "\n")
+        for name, src in (extra_files or {}).items():
+            if Path(src).is_file():
+                shutil.copyfile(src, tmp / name)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

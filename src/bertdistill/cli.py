@@ -11,8 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, stages
+from .launch import run_stage
 from .assets import AssetError
 from .checkpoints import CheckpointError
+from .data.corpus import CorpusError
+from .data.pretraining import ShardError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +42,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--download-dir", default="resources/downloads")
     s.add_argument("--output", required=True, help="output folder")
 
+    c = sub.add_parser("corpus", help="text files / Wikipedia dump -> one sentence per line (Punkt trained on the corpus)")
+    c.add_argument("--source", action="append", required=True, metavar="PATH[:text|wiki]",
+                   help="a text file, a folder of *.txt, or a Wikipedia XML(.bz2) dump with ':wiki' (repeatable)")
+    c.add_argument("--output", required=True)
+    c.add_argument("--stats", help="JSON file for document/sentence/word counts")
+
+    sh = sub.add_parser("shards", help="sentences -> one HDF5 pre-training shard (NVIDIA schema)")
+    sh.add_argument("--sentences", required=True)
+    sh.add_argument("--vocab", required=True)
+    sh.add_argument("--output", required=True)
+    sh.add_argument("--index", type=int, required=True, help="shard index (0-based)")
+    sh.add_argument("--num-shards", type=int, required=True)
+    sh.add_argument("--seed", type=int, default=12345)
+    sh.add_argument("--settings", type=json.loads, default={}, help="JSON: max_seq_length, masking, dupe_factor, ...")
+
+    g = sub.add_parser("general", help="general distillation (phase 1 from a student config, phase 2 from --init)")
+    g.add_argument("--teacher", required=True)
+    g.add_argument("--shards", nargs="+", required=True, help="HDF5 shards, LDDL Parquet files or folders")
+    g.add_argument("--output", required=True)
+    g.add_argument("--train", type=json.loads, required=True, help="JSON TrainConfig fields (max_steps, batch_size, lr, ...)")
+    g.add_argument("--losses", type=json.loads, default={}, help="JSON BackboneLossConfig fields")
+    g.add_argument("--student", type=json.loads, default=None, help="JSON student config (phase 1)")
+    g.add_argument("--init", help="folder to start from (phase 2)")
+    g.add_argument("--snapshot-dir")
+    g.add_argument("--phase", default="general")
+    g.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this node; >1 runs under torchrun")
+
+    st = sub.add_parser("stage", help="run a stage function from a JSON file of keyword arguments (used under torchrun)")
+    st.add_argument("name")
+    st.add_argument("kwargs_json")
+
     d = sub.add_parser("describe", help="write a JSON summary (sizes, parameter counts) of a model folder")
     d.add_argument("model", help="model folder")
     d.add_argument("--output", required=True)
@@ -55,9 +89,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 download_dir=args.download_dir,
             )
             print(out)
+        elif args.stage == "corpus":
+            sources = []
+            for spec in args.source:
+                path, _, fmt = spec.partition(":") if spec.endswith((":wiki", ":text")) else (spec, "", "text")
+                sources.append({"path": path, "format": fmt or "text"})
+            print(json.dumps(stages.corpus(sources, args.output, args.stats)))
+        elif args.stage == "shards":
+            n = stages.shard(args.sentences, args.vocab, args.output, args.index, args.num_shards, args.seed, args.settings)
+            print(f"{args.output}: {n} instances")
+        elif args.stage == "general":
+            kwargs = dict(teacher=args.teacher, shards=args.shards, output=args.output, train=args.train,
+                          losses=args.losses, student=args.student, init=args.init,
+                          snapshot_dir=args.snapshot_dir, phase=args.phase)
+            print(run_stage("general_distill", kwargs, nproc=args.nproc))
+        elif args.stage == "stage":
+            with open(args.kwargs_json) as f:
+                getattr(stages, args.name)(**json.load(f))
         elif args.stage == "describe":
             print(json.dumps(stages.describe_model(args.model, args.output), indent=2))
-    except (CheckpointError, AssetError, FileExistsError) as e:
+    except (ValueError, FileExistsError) as e:  # our errors (CheckpointError, ShardError, ...) are ValueErrors
         print(f"bertdistill {args.stage}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -86,6 +86,7 @@ def save_trained(
     train_config: Any,
     settings: Mapping[str, Any] | None = None,
     vocab: str | Path | None = None,
+    extra_files: Mapping[str, str | Path] | None = None,
 ) -> Path:
     """Write a trained student (and its projection) with the run's settings and checkpoint
     selection in ``distill.json``. Called once training has completed, so the declared output
@@ -102,7 +103,7 @@ def save_trained(
         "final_loss_terms": result.last_terms,
     }
     return save_model(objective.student, output, vocab=vocab, projection=objective.projection,
-                      settings=record, overwrite=True)
+                      settings=record, extra_files=extra_files, overwrite=True)
 
 
 def describe_model(model_dir: str | Path, output: str | Path) -> dict[str, Any]:
@@ -126,3 +127,106 @@ def describe_model(model_dir: str | Path, output: str | Path) -> dict[str, Any]:
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training data and general distillation
+
+
+def corpus(sources: list[Mapping[str, Any]], output: str | Path, stats_output: str | Path | None = None,
+           punkt_train_chars: int = 5_000_000) -> dict[str, int]:
+    """Corpus sources (text files, folders, Wikipedia dumps) -> one sentence per line."""
+    from .data.corpus import prepare_corpus
+
+    resolved = []
+    for src in sources:
+        src = dict(src)
+        src["path"] = str(assets.resolve_local(src, "resources/downloads/corpus"))
+        resolved.append(src)
+    return prepare_corpus(resolved, output, stats_output, punkt_train_chars=punkt_train_chars)
+
+
+def shard(sentences: str | Path, vocab: str | Path, output: str | Path, shard_index: int, num_shards: int,
+          seed: int, settings: Mapping[str, Any]) -> int:
+    """Build one pre-training shard (HDF5, NVIDIA schema); returns its number of instances."""
+    from .data.pretraining import ShardSettings, make_shard
+
+    return make_shard(sentences, vocab, output, shard_index, num_shards, seed, ShardSettings(**settings))
+
+
+def _same_vocab(student_dir: Path, teacher_dir: Path) -> None:
+    sv, tv = student_dir / VOCAB_NAME, teacher_dir / VOCAB_NAME
+    if sv.is_file() and tv.is_file() and sv.read_bytes() != tv.read_bytes():
+        raise CheckpointError(
+            f"{sv}: differs from the teacher's {tv}; student and teacher must share one vocabulary"
+        )
+
+
+def general_distill(
+    teacher: str | Path,
+    shards: list[str | Path],
+    output: str | Path,
+    train: Mapping[str, Any],
+    losses: Mapping[str, Any] | None = None,
+    student: Mapping[str, Any] | None = None,
+    init: str | Path | None = None,
+    snapshot_dir: str | Path | None = None,
+    phase: str = "general",
+) -> Path:
+    """General distillation: phase 1 (``student`` = config, random N(0, 0.02) init) or phase 2
+    (``init`` = the phase-1 folder, projection included). Writes the student, its projection,
+    ``distill.json`` and ``train.csv`` to ``output`` once training completes."""
+    import torch
+
+    from .checkpoints import load_projection
+    from .data.pretraining import load_shards
+    from .model import BertModel
+    from .objectives import BackboneLossConfig, BackboneObjective, make_projection
+    from .train import Trainer, TrainConfig
+
+    teacher_dir, output = Path(teacher), Path(output)
+    snapshot_dir = Path(snapshot_dir) if snapshot_dir else output.with_name(f".{output.name}.snapshots")
+    vocab = teacher_dir / VOCAB_NAME
+    if not vocab.is_file():
+        raise CheckpointError(f"{vocab}: missing; the teacher folder needs its vocab.txt")
+    cfg = TrainConfig(**train)
+    teacher_model = load_model(teacher_dir)
+    teacher_model.pooler = None  # not used by the backbone losses
+    tcfg = teacher_model.config
+    if init is not None:
+        init = Path(init)
+        _same_vocab(init, teacher_dir)
+        student_model = load_model(init)
+        student_model.pooler = None
+        projection = load_projection(init)
+        if student_model.config.vocab_size != tcfg.vocab_size:
+            raise CheckpointError(
+                f"{init}: student vocab_size {student_model.config.vocab_size} differs from the teacher's "
+                f"{tcfg.vocab_size} ({teacher_dir}); student and teacher must share one vocabulary"
+            )
+    else:
+        spec = dict(student or {})
+        scfg = BertConfig.from_dict({
+            **{k: getattr(tcfg, k) for k in ("vocab_size", "max_position_embeddings", "type_vocab_size",
+                                              "hidden_act", "layer_norm_eps", "pad_token_id")},
+            **spec,
+        })
+        if scfg.vocab_size != tcfg.vocab_size:
+            raise CheckpointError(
+                f"{vocab}: the teacher has {tcfg.vocab_size} tokens but the student config asks for "
+                f"{scfg.vocab_size}; leave student.vocab_size unset"
+            )
+        torch.manual_seed(cfg.seed)
+        student_model = BertModel(scfg, add_pooling_layer=False)
+        projection = make_projection(scfg, tcfg, seed=cfg.seed)
+    data = load_shards(shards, vocab_file=vocab)
+    objective = BackboneObjective(student_model, tcfg, projection, BackboneLossConfig(**dict(losses or {})))
+    extra = {"phase": phase, "teacher": str(teacher_dir), "init": str(init), "student": dict(student or {}),
+             "losses": dict(losses or {}), "examples": len(data)}
+    trainer = Trainer(cfg, snapshot_dir, log_csv=snapshot_dir / "train.csv", fingerprint_extra=extra)
+    result = trainer.fit(objective, data, teacher=teacher_model)
+    if trainer.dist.main:
+        save_trained(objective, result, output, cfg, settings={"stage": phase, **extra, "shards": [str(s) for s in shards]},
+                     vocab=vocab, extra_files={"train.csv": snapshot_dir / "train.csv"})
+    trainer.clear_snapshots()
+    return output

@@ -559,7 +559,7 @@ class Trainer:
                     window, window_n, window_seqs, window_t = {}, 0, 0, time.time()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{last_terms['loss']:.4f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{last_terms['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
 
                 if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
                     self._evaluate(objective, evaluate, step, best)

@@ -1,0 +1,54 @@
+"""General distillation: phase 1 (seq 128, student from its config) and phase 2 (seq 512, from phase 1)."""
+
+
+rule general_phase1:
+    input:
+        teacher=general_teacher_dir(),
+        shards=phase_shards("phase1"),
+    output:
+        directory("results/general/phase1"),
+    log:
+        "logs/general/phase1.log",
+    benchmark:
+        "benchmarks/general/phase1.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: config["general"]["phase1"]["threads"]
+    resources:
+        gpu=config["general"]["phase1"]["gpus"],
+        mem_mb=16000,
+        runtime=config["general"]["phase1"]["runtime"],
+    params:
+        train=lambda wc: config["general"]["phase1"]["train"],
+        losses=lambda wc: config["general"]["losses"],
+        student=lambda wc: config["student"],
+        snapshot_dir="results/general/.phase1.snapshots",
+    script:
+        "../scripts/general.py"
+
+
+rule general_phase2:
+    input:
+        teacher=general_teacher_dir(),
+        shards=phase_shards("phase2"),
+        init="results/general/phase1",
+    output:
+        directory("results/general/phase2"),
+    log:
+        "logs/general/phase2.log",
+    benchmark:
+        "benchmarks/general/phase2.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: config["general"]["phase2"]["threads"]
+    resources:
+        gpu=config["general"]["phase2"]["gpus"],
+        mem_mb=16000,
+        runtime=config["general"]["phase2"]["runtime"],
+    params:
+        train=lambda wc: config["general"]["phase2"]["train"],
+        losses=lambda wc: config["general"]["losses"],
+        student=None,
+        snapshot_dir="results/general/.phase2.snapshots",
+    script:
+        "../scripts/general.py"

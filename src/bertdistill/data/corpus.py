@@ -1,0 +1,164 @@
+"""Corpus preparation: text files or a Wikipedia XML dump -> one sentence per line, documents
+separated by a blank line (the input format of Google's ``create_pretraining_data``).
+
+Sentences are split with nltk's Punkt. Its English model cannot be downloaded here, so an
+unsupervised ``PunktSentenceTokenizer`` is trained on (a prefix of) the corpus itself; nltk data
+is never fetched.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+_HEADING = re.compile(r"^\s*=+[^=]+=+\s*$")
+_MARKUP = re.compile(r"'{2,}")
+
+
+class CorpusError(ValueError):
+    """Unusable corpus input; the message names the file and the fix."""
+
+
+def read_text_file(path: str | Path) -> str:
+    """The file's text; a non-UTF-8 file is a one-line error with the byte offset."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file (corpus source)")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            "convert it first, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+
+
+def text_documents(path: str | Path) -> Iterator[str]:
+    """Documents of a plain-text file: blocks separated by blank lines (a file without blank
+    lines is one document). Line breaks inside a block are treated as wrapping, not as
+    sentence ends; Punkt finds the sentences."""
+    text = read_text_file(path)
+    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        if block.strip():
+            yield " ".join(block.split())
+
+
+def wiki_documents(path: str | Path, min_chars: int = 200) -> Iterator[str]:
+    """Articles of a Wikipedia XML dump (``.xml`` or ``.xml.bz2``) via gensim's wiki tools.
+
+    Main-namespace pages only; redirects, section headings and bold/italic quotes removed;
+    articles shorter than ``min_chars`` skipped.
+    """
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file (Wikipedia dump)")
+    opener = bz2.open if path.suffix == ".bz2" else open
+    try:
+        with opener(path, "rb") as f:
+            for _title, text, _pageid in extract_pages(f, filter_namespaces=("0",)):
+                clean = filter_wiki(text)
+                if clean.lstrip().lower().startswith("#redirect"):
+                    continue
+                lines = [_MARKUP.sub("", ln).strip() for ln in clean.split("\n")]
+                lines = [ln for ln in lines if ln and not _HEADING.match(ln)]
+                doc = "\n".join(lines)
+                if len(doc) >= min_chars:
+                    yield doc
+    except (OSError, EOFError) as e:
+        raise CorpusError(f"{path}: not a readable Wikipedia XML dump ({e})") from None
+
+
+def iter_documents(sources: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """Documents from every source ``{"path": ..., "format": "text" | "wiki"}``, in order.
+    A folder source contributes its ``*.txt`` files in name order."""
+    for src in sources:
+        path = Path(src["path"])
+        fmt = src.get("format", "text")
+        files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+        for f in files:
+            yield from (wiki_documents(f, src.get("min_chars", 200)) if fmt == "wiki" else text_documents(f))
+
+
+def train_punkt(text: str):
+    """An unsupervised Punkt sentence splitter trained on ``text`` (no nltk data needed)."""
+    from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer
+
+    trainer = PunktTrainer()
+    trainer.train(text, finalize=True)
+    return PunktSentenceTokenizer(trainer.get_params())
+
+
+def prepare_corpus(
+    sources: Iterable[Mapping[str, Any]],
+    output: str | Path,
+    stats_output: str | Path | None = None,
+    punkt_train_chars: int = 5_000_000,
+    min_sentence_chars: int = 2,
+) -> dict[str, int]:
+    """Write one sentence per line with blank lines between documents; return counts.
+
+    The file appears only when complete. An empty corpus is an error naming the sources.
+    """
+    sources = list(sources)
+    docs = [d for d in iter_documents(sources) if d.strip()]
+    if not docs:
+        names = ", ".join(str(s["path"]) for s in sources) or "(no sources configured)"
+        raise CorpusError(f"{names}: the corpus has no text; point config corpus.sources at non-empty files")
+    sample, size = [], 0
+    for d in docs:
+        if size >= punkt_train_chars:
+            break
+        sample.append(d)
+        size += len(d)
+    splitter = train_punkt("\n\n".join(sample))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    n_sent = n_words = n_docs = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for doc in docs:
+                sentences = [
+                    " ".join(s.split())
+                    for para in doc.split("\n")
+                    for s in splitter.tokenize(para)
+                    if len(s.strip()) >= min_sentence_chars
+                ]
+                if not sentences:
+                    continue
+                out.write("\n".join(sentences) + "\n\n")
+                n_docs += 1
+                n_sent += len(sentences)
+                n_words += sum(len(s.split()) for s in sentences)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    stats = {"documents": n_docs, "sentences": n_sent, "words": n_words}
+    if stats_output is not None:
+        Path(stats_output).write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def read_sentence_documents(path: str | Path) -> list[list[str]]:
+    """Documents of a sentences file (one sentence per line, blank line between documents)."""
+    docs, current = [], []
+    for line in read_text_file(path).split("\n"):
+        line = line.strip()
+        if line:
+            current.append(line)
+        elif current:
+            docs.append(current)
+            current = []
+    if current:
+        docs.append(current)
+    return docs

@@ -1,0 +1,46 @@
+"""Config: the shipped configs validate against the schema; CLI strings are coerced by the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bertdistill.config import coerce_cli_strings
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "schemas/config.schema.yaml"
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/recipes/nvidia-4l-312d.yaml"])
+def test_shipped_configs_validate(path):
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / path).read_text())
+    validate(config, str(SCHEMA))
+    assert config["shards"]["short_seq_prob"] == 0.1
+
+
+def test_recipe_reproduces_the_reference():
+    r = yaml.safe_load((REPO / "config/recipes/nvidia-4l-312d.yaml").read_text())
+    assert r["student"]["hidden_size"] == 312 and r["student"]["num_hidden_layers"] == 4
+    assert r["student"]["intermediate_size"] == 1200 and r["student"]["num_attention_heads"] == 12
+    assert r["general"]["losses"] == {"attention": "kl", "value": "kl", "hidden": "cosine", "embedding": None,
+                                      "layer_map": "last", "masking": "faithful"}
+    p1, p2 = r["general"]["phase1"], r["general"]["phase2"]
+    assert (p1["seq"], p1["train"]["max_steps"], p2["seq"], p2["train"]["max_steps"]) == (128, 68616, 512, 6861)
+    for p in (p1, p2):
+        t = p["train"]
+        assert t["batch_size"] * p["gpus"] == 256 and t["lr"] == 1e-4 and t["schedule"] == "linear"
+        assert t["warmup"] == 0.1 and t["optimizer"] == "adam_nobc" and t["weight_decay"] == 0.01
+
+
+def test_nested_cli_strings_become_numbers():
+    config = {"general": {"phase2": {"train": {"lr": "0.002", "max_steps": "5", "teacher_dropout": "false"}},
+                          "teacher": "123"},
+              "teachers": {"base": {"source": {"path": "007"}}}}
+    coerce_cli_strings(config, SCHEMA)
+    train = config["general"]["phase2"]["train"]
+    assert train == {"lr": 0.002, "max_steps": 5, "teacher_dropout": False}
+    assert config["general"]["teacher"] == "123" and config["teachers"]["base"]["source"]["path"] == "007"

@@ -1,0 +1,99 @@
+"""General distillation through Snakemake on a tiny config: run, no-op rerun, targeted rerun."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from textdata import tiny_teacher, write_corpus
+from test_workflow import COPY, REPO, planned_jobs, smk
+
+from bertdistill.checkpoints import load_model, load_projection
+
+
+def tiny_config(tmp_path: Path) -> dict:
+    teacher = tiny_teacher(tmp_path / "teacher")
+    corpus = write_corpus(tmp_path / "corpus", copies=3)
+    train = {"batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "snapshot_every": 2, "log_every": 1}
+    return {
+        "teachers": {"base": {"source": {"path": str(teacher)}}},
+        "corpus": {"sources": [{"path": str(corpus)}], "punkt_train_chars": 100000},
+        "shards": {"num_shards": 2, "dupe_factor": 2, "max_predictions": {"64": 8, "128": 16}},
+        "student": {"num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 4},
+        "general": {
+            "teacher": "base",
+            "losses": {"layer_map": "uniform"},
+            "phase1": {"seq": 64, "train": {**train, "max_steps": 6}},
+            "phase2": {"seq": 128, "train": {**train, "max_steps": 3, "batch_size": 2}},
+        },
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, wd / name)
+        elif src.exists():
+            shutil.copy(src, wd / name)
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    return wd
+
+
+def test_general_phases_run_rerun_and_targeted_rerun(workdir):
+    wd = workdir
+    target = "results/general/phase2"
+    dry = smk(wd, "-n", "--cores", "2", target)
+    assert planned_jobs(dry) == {"import_teacher": 1, "corpus": 1, "pretraining_shard": 4,
+                                 "general_phase1": 1, "general_phase2": 1}
+    smk(wd, "--cores", "2", target)
+
+    p1, p2 = wd / "results/general/phase1", wd / "results/general/phase2"
+    for folder in (p1, p2):
+        model = load_model(folder)
+        assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 16
+        assert load_projection(folder).weight.shape == (32, 16)  # student 16 -> teacher 32
+        assert (folder / "vocab.txt").read_bytes() == (wd / "resources/teachers/base/vocab.txt").read_bytes()
+    record = json.loads((p2 / "distill.json").read_text())
+    assert record["stage"] == "phase2" and record["init"].endswith("results/general/phase1")
+    assert record["steps"] == 3 and record["train"]["max_steps"] == 3
+    rows = (p1 / "train.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 7 and "attention" in rows[0] and "value" in rows[0]
+    # phase 2 starts from phase 1's weights and projection, not from scratch
+    record1 = json.loads((p1 / "distill.json").read_text())
+    assert record1["init"] == "None" and record1["student"]["hidden_size"] == 16
+    assert not (wd / "results/general/.phase1.snapshots").exists()
+
+    again = smk(wd, "--cores", "2", target)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    changed = smk(wd, "-n", "--cores", "2", target, "--config", "general={'phase2': {'train': {'lr': 0.002}}}")
+    assert planned_jobs(changed) == {"general_phase2": 1}
+
+
+def test_phase2_really_starts_from_phase1(tmp_path):
+    """Phase 2 with zero learning rate returns phase 1's weights and projection unchanged."""
+    from bertdistill.data.corpus import prepare_corpus
+    from bertdistill.data.pretraining import ShardSettings, make_shard
+    from bertdistill.stages import general_distill
+
+    teacher = tiny_teacher(tmp_path / "teacher")
+    corpus = write_corpus(tmp_path / "corpus")
+    prepare_corpus([{"path": str(corpus)}], tmp_path / "s.txt")
+    make_shard(tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / "shard.hdf5", 0, 1, 1, ShardSettings(max_seq_length=64))
+    student = {"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 4}
+    general_distill(teacher, [tmp_path / "shard.hdf5"], tmp_path / "p1", train={"max_steps": 2, "batch_size": 4},
+                    student=student)
+    general_distill(teacher, [tmp_path / "shard.hdf5"], tmp_path / "p2",
+                    train={"max_steps": 2, "batch_size": 4, "lr": 1e-30, "schedule": "constant", "weight_decay": 0.0},
+                    init=tmp_path / "p1")
+    a, b = load_model(tmp_path / "p1").state_dict(), load_model(tmp_path / "p2").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert torch.allclose(load_projection(tmp_path / "p1").weight, load_projection(tmp_path / "p2").weight, atol=1e-6)
