@@ -97,3 +97,26 @@ def test_phase2_really_starts_from_phase1(tmp_path):
     a, b = load_model(tmp_path / "p1").state_dict(), load_model(tmp_path / "p2").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert torch.allclose(load_projection(tmp_path / "p1").weight, load_projection(tmp_path / "p2").weight, atol=1e-6)
+
+
+def test_cli_general_under_torchrun_two_processes(tmp_path):
+    """`python -m bertdistill general --nproc 2` re-launches itself under torchrun (gloo on CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    from bertdistill.data.corpus import prepare_corpus
+    from bertdistill.data.pretraining import ShardSettings, make_shard
+
+    teacher = tiny_teacher(tmp_path / "teacher")
+    prepare_corpus([{"path": str(write_corpus(tmp_path / "corpus"))}], tmp_path / "s.txt")
+    make_shard(tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / "shard.hdf5", 0, 1, 1, ShardSettings(max_seq_length=64))
+    cmd = [sys.executable, "-m", "bertdistill", "general", "--teacher", str(teacher), "--shards", str(tmp_path / "shard.hdf5"),
+           "--output", str(tmp_path / "out"), "--nproc", "2", "--phase", "phase1",
+           "--train", json.dumps({"max_steps": 3, "batch_size": 2, "log_every": 1}),
+           "--student", json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 4})]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "distill.json").read_text())
+    assert record["steps"] == 3 and record["stage"] == "phase1" and record["world_size"] == 2
+    assert len((tmp_path / "out" / "train.csv").read_text().strip().splitlines()) == 4

@@ -99,6 +99,7 @@ def save_trained(
         "selection": result.selection,
         "steps": result.steps,
         "resumed_from_step": result.resumed_from,
+        "world_size": result.world_size,
         "wall_s": round(result.wall_s, 3),
         "final_loss_terms": result.last_terms,
     }

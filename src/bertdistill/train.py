@@ -331,6 +331,7 @@ class TrainResult:
     resumed_from: int
     selection: dict[str, Any]
     last_terms: dict[str, float]
+    world_size: int = 1
 
 
 class _StopRequested(Exception):
@@ -590,7 +591,7 @@ class Trainer:
         else:
             selection["selected_step"] = step
         objective.eval()
-        return TrainResult(step, time.time() - start_time, resumed_from, selection, last_terms)
+        return TrainResult(step, time.time() - start_time, resumed_from, selection, last_terms, d.world)
 
     def _evaluate(self, objective: nn.Module, evaluate, step: int, best: dict[str, Any]) -> None:
         if self.dist.main:
