@@ -17,6 +17,9 @@ include: "rules/common.smk"
 include: "rules/assets.smk"
 include: "rules/pretraining.smk"
 include: "rules/general.smk"
+include: "rules/tasks.smk"
+include: "rules/distill.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

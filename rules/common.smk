@@ -37,9 +37,11 @@ def download_source(wildcards):
 
 
 def all_targets():
-    return expand("resources/teachers/{teacher}.json", teacher=teacher_names()) + [
-        "results/general/phase2"
-    ]
+    return (
+        expand("resources/teachers/{teacher}.json", teacher=teacher_names())
+        + ["results/general/phase2"]
+        + expand("results/{task}_final", task=task_names())
+    )
 
 
 def general_teacher_dir():
@@ -75,4 +77,39 @@ def phase_shards(phase):
         "results/shards/seq{seq}/shard_{i}.hdf5",
         seq=p["seq"],
         i=range(config["shards"]["num_shards"]),
+    )
+
+
+def task_names():
+    return sorted(config.get("tasks", {}))
+
+
+def task_teacher_dir(wildcards):
+    return f"resources/teachers/{config['tasks'][wildcards.task]['teacher']}"
+
+
+def task_init_dir(wildcards):
+    """SQuAD starts from phase 2, SST-2 from phase 1 (the reference), or as configured."""
+    return f"results/general/{config['tasks'][wildcards.task]['init']}"
+
+
+def prediction_inputs(wildcards):
+    t = config["tasks"][wildcards.task]
+    inputs = {
+        "teacher": task_teacher_dir(wildcards),
+        "backbone": f"results/{wildcards.task}/backbone",
+        "features": f"results/{wildcards.task}/features/train.hdf5",
+        "dev_features": f"results/{wildcards.task}/features/dev.hdf5",
+        "dev": t["dev"]["path"],
+    }
+    if t["prediction"]["cached_teacher_logits"]:
+        inputs["logits"] = f"results/{wildcards.task}/teacher_logits.hdf5"
+    return inputs
+
+
+def task_general_dirs(wildcards):
+    """General-distillation folders a task's student went through (for per-stage wall time)."""
+    init = config["tasks"][wildcards.task]["init"]
+    return ["results/general/phase1"] + (
+        ["results/general/phase2"] if init == "phase2" else []
     )

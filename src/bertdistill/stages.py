@@ -7,10 +7,13 @@ maps argv onto them, so a stage runs the same with or without Snakemake.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import assets
 from .checkpoints import (
@@ -231,3 +234,187 @@ def general_distill(
                      vocab=vocab, extra_files={"train.csv": snapshot_dir / "train.csv"})
     trainer.clear_snapshots()
     return output
+
+
+# ----------------------------------------------------------------------------------------------
+# Task distillation (SQuAD v1.1, SST-2)
+
+
+def task_features(task: str, train: str | Path, dev: str | Path, vocab: str | Path, train_output: str | Path,
+                  dev_output: str | Path, settings: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """Feature files of the training and dev splits (their own rule, never inside training)."""
+    from .tasks import build_task_features, write_h5
+
+    import time
+
+    counts = {}
+    for split, src, out in (("train", train, train_output), ("dev", dev, dev_output)):
+        t0 = time.time()
+        arrays, attrs = build_task_features(task, src, vocab, training=split == "train", settings=settings)
+        attrs["wall_s"] = round(time.time() - t0, 3)
+        write_h5(arrays, out, attrs)
+        counts[split] = int(attrs["features"])
+    return counts
+
+
+def task_teacher_logits(task: str, teacher: str | Path, features: str | Path, output: str | Path,
+                        batch_size: int = 64, device: str = "auto") -> Path:
+    """Teacher logits over the training features, computed once in eval mode (the reference
+    recomputes them every epoch with the teacher's dropout on; recorded in the file's attrs)."""
+    import torch
+
+    from .tasks import HEAD, predict_logits, read_h5, write_h5
+
+    import time
+
+    t0 = time.time()
+    arrays, attrs = read_h5(features)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    model = load_model(teacher, head=HEAD[task])
+    # Full-length inputs: the prediction loss's softmax runs over every position, padding included.
+    logits = predict_logits(model, arrays, batch_size, dev, trim=False)
+    write_h5({"teacher_logits": logits.astype(np.float32)}, output,
+             {"task": task, "teacher": str(teacher), "features": str(features), "teacher_mode": "eval",
+              "features_vocab_sha256": attrs.get("vocab_sha256", ""), "wall_s": round(time.time() - t0, 3)})
+    return Path(output)
+
+
+def _task_dataset(features: str | Path, logits: str | Path | None = None, keys: tuple[str, ...] = ()):
+    import torch
+
+    from .tasks import read_h5
+    from .train import TensorDataset
+
+    arrays, attrs = read_h5(features)
+    tensors = {k: torch.from_numpy(arrays[k].astype(np.int64))
+               for k in ("input_ids", "attention_mask", "token_type_ids", *keys) if k in arrays}
+    if logits is not None:
+        la, _ = read_h5(logits, required=("teacher_logits",))
+        if len(la["teacher_logits"]) != len(arrays["input_ids"]):
+            raise CheckpointError(f"{logits}: {len(la['teacher_logits'])} rows for {len(arrays['input_ids'])} "
+                                  f"features in {features}; rebuild the teacher logits")
+        tensors["teacher_logits"] = torch.from_numpy(la["teacher_logits"])
+    return TensorDataset(tensors), arrays, attrs
+
+
+def task_backbone(task: str, teacher: str | Path, init: str | Path, features: str | Path, output: str | Path,
+                  train: Mapping[str, Any], losses: Mapping[str, Any] | None = None,
+                  snapshot_dir: str | Path | None = None) -> Path:
+    """Backbone (intermediate-layer) distillation on task data, from a general student with its
+    projection (SQuAD from phase 2, SST-2 from phase 1)."""
+    from .checkpoints import load_projection
+    from .objectives import BackboneLossConfig, BackboneObjective
+    from .train import Trainer, TrainConfig
+
+    teacher, init, output = Path(teacher), Path(init), Path(output)
+    snapshot_dir = Path(snapshot_dir) if snapshot_dir else output.with_name(f".{output.name}.snapshots")
+    _same_vocab(init, teacher)
+    cfg = TrainConfig(**train)
+    tmodel = load_model(teacher)
+    tmodel.pooler = None
+    student = load_model(init)
+    student.pooler = None
+    data, _, _ = _task_dataset(features)
+    objective = BackboneObjective(student, tmodel.config, load_projection(init), BackboneLossConfig(**dict(losses or {})))
+    extra = {"stage": f"{task}_backbone", "teacher": str(teacher), "init": str(init), "features": str(features),
+             "losses": dict(losses or {}), "examples": len(data)}
+    trainer = Trainer(cfg, snapshot_dir, log_csv=snapshot_dir / "train.csv", fingerprint_extra=extra)
+    result = trainer.fit(objective, data, teacher=tmodel)
+    if trainer.dist.main:
+        save_trained(objective, result, output, cfg, settings=extra, vocab=teacher / VOCAB_NAME,
+                     extra_files={"train.csv": snapshot_dir / "train.csv"})
+    trainer.clear_snapshots()
+    return output
+
+
+def task_prediction(task: str, teacher: str | Path, backbone: str | Path, features: str | Path,
+                    dev_features: str | Path, dev: str | Path, output: str | Path, train: Mapping[str, Any],
+                    teacher_logits: str | Path | None = None, temperature: float = 1.0,
+                    eval_batch_size: int = 64, snapshot_dir: str | Path | None = None) -> Path:
+    """Prediction-layer distillation: soft cross-entropy against the teacher's logits (cached,
+    or the live teacher), a new head on the backbone student, dev evaluation every
+    ``eval_every`` steps, best or last checkpoint kept (recorded in ``distill.json``)."""
+    from .objectives import PredictionObjective
+    from .tasks import HEAD, METRIC, evaluate, read_h5
+    from .train import Trainer, TrainConfig
+
+    teacher, backbone, output = Path(teacher), Path(backbone), Path(output)
+    snapshot_dir = Path(snapshot_dir) if snapshot_dir else output.with_name(f".{output.name}.snapshots")
+    _same_vocab(backbone, teacher)
+    cfg = TrainConfig(**train)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    student = load_model(backbone, head=HEAD[task], init_head=True, num_labels=2)
+    tmodel = None if teacher_logits is not None else load_model(teacher, head=HEAD[task])
+    data, _, _ = _task_dataset(features, teacher_logits)
+    dev_arrays, _ = read_h5(dev_features)
+    vocab = teacher / VOCAB_NAME
+
+    def evaluate_dev(model) -> dict[str, float]:
+        metrics, _ = evaluate(task, model, dev_arrays, dev, vocab, batch_size=eval_batch_size)
+        return {"metric": metrics[METRIC[task]], **metrics}
+
+    objective = PredictionObjective(student, temperature)
+    extra = {"stage": f"{task}_prediction", "teacher": str(teacher), "backbone": str(backbone),
+             "features": str(features), "teacher_logits": str(teacher_logits), "temperature": temperature,
+             "examples": len(data)}
+    trainer = Trainer(cfg, snapshot_dir, log_csv=snapshot_dir / "train.csv", fingerprint_extra=extra)
+    result = trainer.fit(objective, data, teacher=tmodel, evaluate=evaluate_dev)
+    if trainer.dist.main:
+        save_trained(objective, result, output, cfg, settings=extra, vocab=vocab,
+                     extra_files={"train.csv": snapshot_dir / "train.csv"})
+    trainer.clear_snapshots()
+    return output
+
+
+def task_final(task: str, student: str | Path, teacher: str | Path, dev_features: str | Path, dev: str | Path,
+               output: str | Path, stages: Mapping[str, str | Path] | None = None, eval_batch_size: int = 64,
+               n_best: int = 20, max_answer_length: int = 30) -> dict[str, Any]:
+    """``results/{task}_final``: the student with its head, ``metrics.json`` (student and
+    teacher dev metrics by the same code, sizes, retention, per-stage wall time), predictions."""
+    import shutil
+
+    from .tasks import HEAD, METRIC, evaluate, read_h5
+
+    student, teacher, output = Path(student), Path(teacher), Path(output)
+    dev_arrays, _ = read_h5(dev_features)
+    vocab = teacher / VOCAB_NAME
+    s_model = load_model(student, head=HEAD[task])
+    t_model = load_model(teacher, head=HEAD[task])
+    kw = dict(batch_size=eval_batch_size)
+    if task == "squad":
+        kw.update(n_best=n_best, max_answer_length=max_answer_length)
+    s_metrics, s_preds = evaluate(task, s_model, dev_arrays, dev, vocab, **kw)
+    t_metrics, t_preds = evaluate(task, t_model, dev_arrays, dev, vocab, **kw)
+    key = METRIC[task]
+    wall = {}
+    for name, path in (stages or {}).items():  # model folders (distill.json) or HDF5 files (attrs)
+        path = Path(path)
+        if (path / "distill.json").is_file():
+            wall[name] = json.loads((path / "distill.json").read_text()).get("wall_s")
+        elif path.is_file():
+            wall[name] = float(read_h5(path)[1].get("wall_s", float("nan")))
+    selection = json.loads((student / "distill.json").read_text()).get("selection") if (student / "distill.json").is_file() else None
+    metrics = {
+        "task": task,
+        "metric": key,
+        "student": s_metrics,
+        "teacher": t_metrics,
+        "retention": (s_metrics[key] / t_metrics[key]) if t_metrics[key] else None,
+        "student_parameters": s_model.num_parameters(),
+        "teacher_parameters": t_model.num_parameters(),
+        "stage_wall_s": wall,
+        "checkpoint_selection": selection,
+        "teacher_logits_mode": "eval",
+    }
+    tmp = output.with_name(f".{output.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(s_model, tmp, vocab=vocab, settings={"stage": f"{task}_final", "from": str(student)})
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (tmp / "predictions.json").write_text(json.dumps({"student": s_preds, "teacher": t_preds}, indent=1) + "\n")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return metrics

@@ -1,0 +1,52 @@
+"""Per task: backbone (intermediate-layer) distillation, then prediction-layer distillation."""
+
+
+rule task_backbone:
+    input:
+        teacher=task_teacher_dir,
+        init=task_init_dir,
+        features="results/{task}/features/train.hdf5",
+    output:
+        directory("results/{task}/backbone"),
+    log:
+        "logs/{task}/backbone.log",
+    benchmark:
+        "benchmarks/{task}/backbone.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: lambda wc: config["tasks"][wc.task]["backbone"]["threads"]
+    resources:
+        gpu=lambda wc: config["tasks"][wc.task]["backbone"]["gpus"],
+        mem_mb=16000,
+        runtime=lambda wc: config["tasks"][wc.task]["backbone"]["runtime"],
+    params:
+        train=lambda wc: config["tasks"][wc.task]["backbone"]["train"],
+        losses=lambda wc: config["tasks"][wc.task]["backbone"]["losses"],
+        snapshot_dir="results/{task}/.backbone.snapshots",
+    script:
+        "../scripts/task_backbone.py"
+
+
+rule task_prediction:
+    input:
+        unpack(prediction_inputs),
+    output:
+        directory("results/{task}/prediction"),
+    log:
+        "logs/{task}/prediction.log",
+    benchmark:
+        "benchmarks/{task}/prediction.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: lambda wc: config["tasks"][wc.task]["prediction"]["threads"]
+    resources:
+        gpu=lambda wc: config["tasks"][wc.task]["prediction"]["gpus"],
+        mem_mb=16000,
+        runtime=lambda wc: config["tasks"][wc.task]["prediction"]["runtime"],
+    params:
+        train=lambda wc: config["tasks"][wc.task]["prediction"]["train"],
+        temperature=lambda wc: config["tasks"][wc.task]["prediction"]["temperature"],
+        eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+        snapshot_dir="results/{task}/.prediction.snapshots",
+    script:
+        "../scripts/task_prediction.py"

@@ -1,0 +1,52 @@
+"""Per task: feature files (their own rule) and the teacher's logits, computed once."""
+
+
+wildcard_constraints:
+    task="squad|sst2",
+
+
+rule task_features:
+    input:
+        train=lambda wc: config["tasks"][wc.task]["train"]["path"],
+        dev=lambda wc: config["tasks"][wc.task]["dev"]["path"],
+        teacher=task_teacher_dir,
+    output:
+        train="results/{task}/features/train.hdf5",
+        dev="results/{task}/features/dev.hdf5",
+    log:
+        "logs/{task}/features.log",
+    benchmark:
+        "benchmarks/{task}/features.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        settings=lambda wc: config["tasks"][wc.task]["features"],
+    script:
+        "../scripts/task_features.py"
+
+
+rule teacher_logits:
+    input:
+        teacher=task_teacher_dir,
+        features="results/{task}/features/train.hdf5",
+    output:
+        "results/{task}/teacher_logits.hdf5",
+    log:
+        "logs/{task}/teacher_logits.log",
+    benchmark:
+        "benchmarks/{task}/teacher_logits.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=lambda wc: min(1, config["tasks"][wc.task]["prediction"]["gpus"]),
+        mem_mb=16000,
+        runtime=240,
+    params:
+        batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+    script:
+        "../scripts/teacher_logits.py"
