@@ -113,3 +113,15 @@ def task_general_dirs(wildcards):
     return ["results/general/phase1"] + (
         ["results/general/phase2"] if init == "phase2" else []
     )
+
+
+def task_train_path(wildcards):
+    """Original or augmented training data, as `use_augmented` says (both stay supported)."""
+    t = config["tasks"][wildcards.task]
+    if t["use_augmented"]:
+        if "augmented" not in t:
+            raise ValueError(
+                f"tasks.{wildcards.task}.use_augmented is true but no `augmented` file is configured"
+            )
+        return t["augmented"]["path"]
+    return t["train"]["path"]

@@ -7,7 +7,7 @@ wildcard_constraints:
 
 rule task_features:
     input:
-        train=lambda wc: config["tasks"][wc.task]["train"]["path"],
+        train=task_train_path,
         dev=lambda wc: config["tasks"][wc.task]["dev"]["path"],
         teacher=task_teacher_dir,
     output:

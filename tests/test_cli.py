@@ -20,7 +20,8 @@ def run(*args):
 def test_help_lists_stages():
     r = run("--help")
     assert r.returncode == 0
-    for stage in ("import-teacher", "describe"):
+    for stage in ("import-teacher", "describe", "corpus", "shards", "general", "features", "teacher-logits",
+                  "backbone", "prediction", "final"):
         assert stage in r.stdout
 
 
@@ -43,3 +44,33 @@ def test_error_is_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / "empty") in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_task_stages_through_the_cli(tmp_path):
+    from taskdata import task_teacher, write_sst2
+    from test_tasks import _student_from
+
+    teacher = task_teacher(tmp_path / "teacher", "classification")
+    data = write_sst2(tmp_path / "data")
+    general = _student_from(tmp_path / "general", teacher, tmp_path)
+    f = tmp_path / "f"
+    steps = [
+        ("features", "--task", "sst2", "--train", str(data / "train.tsv"), "--dev", str(data / "dev.tsv"),
+         "--vocab", str(teacher / "vocab.txt"), "--train-output", str(f / "train.hdf5"),
+         "--dev-output", str(f / "dev.hdf5"), "--settings", '{"max_seq_length": 32}'),
+        ("teacher-logits", "--task", "sst2", "--teacher", str(teacher), "--features", str(f / "train.hdf5"),
+         "--output", str(f / "logits.hdf5")),
+        ("backbone", "--task", "sst2", "--teacher", str(teacher), "--init", str(general), "--features",
+         str(f / "train.hdf5"), "--output", str(tmp_path / "backbone"), "--train", '{"max_steps": 2, "batch_size": 8}'),
+        ("prediction", "--task", "sst2", "--teacher", str(teacher), "--backbone", str(tmp_path / "backbone"),
+         "--features", str(f / "train.hdf5"), "--dev-features", str(f / "dev.hdf5"), "--dev", str(data / "dev.tsv"),
+         "--output", str(tmp_path / "prediction"), "--teacher-logits", str(f / "logits.hdf5"),
+         "--train", '{"max_steps": 2, "batch_size": 8, "eval_every": 1, "keep": "best"}'),
+        ("final", "--task", "sst2", "--student", str(tmp_path / "prediction"), "--teacher", str(teacher),
+         "--dev-features", str(f / "dev.hdf5"), "--dev", str(data / "dev.tsv"), "--output", str(tmp_path / "final")),
+    ]
+    for args in steps:
+        r = run(*args)
+        assert r.returncode == 0, (args[0], r.stderr[-2000:])
+    metrics = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert "accuracy" in metrics["student"] and "accuracy" in metrics["teacher"]

@@ -44,3 +44,17 @@ def test_nested_cli_strings_become_numbers():
     train = config["general"]["phase2"]["train"]
     assert train == {"lr": 0.002, "max_steps": 5, "teacher_dropout": False}
     assert config["general"]["teacher"] == "123" and config["teachers"]["base"]["source"]["path"] == "007"
+
+
+def test_recipe_tasks_reproduce_the_reference():
+    r = yaml.safe_load((REPO / "config/recipes/nvidia-4l-312d.yaml").read_text())
+    sq, ss = r["tasks"]["squad"], r["tasks"]["sst2"]
+    assert (sq["init"], ss["init"]) == ("phase2", "phase1")
+    assert sq["features"] == {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
+    assert ss["features"]["max_seq_length"] == 128
+    for t, back_epochs, pred_epochs, every in ((sq, 9, 10, 2000), (ss, 10, 3, 100)):
+        b, p = t["backbone"]["train"], t["prediction"]["train"]
+        assert (b["epochs"], b["lr"], b["schedule"]) == (back_epochs, 5e-5, "constant")
+        assert (p["epochs"], p["lr"], p["schedule"], p["warmup"]) == (pred_epochs, 3e-5, "linear", 0.1)
+        assert (p["eval_every"], p["keep"]) == (every, "best") and t["prediction"]["temperature"] == 1.0
+        assert b["batch_size"] * t["backbone"]["gpus"] == 256

@@ -69,6 +69,53 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--phase", default="general")
     g.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this node; >1 runs under torchrun")
 
+    tf = sub.add_parser("features", help="task feature files (SQuAD v1.1 JSON or SST-2 TSV -> HDF5)")
+    tf.add_argument("--task", choices=["squad", "sst2"], required=True)
+    tf.add_argument("--train", required=True)
+    tf.add_argument("--dev", required=True)
+    tf.add_argument("--vocab", required=True)
+    tf.add_argument("--train-output", required=True)
+    tf.add_argument("--dev-output", required=True)
+    tf.add_argument("--settings", type=json.loads, default={}, help="JSON: max_seq_length, doc_stride, max_query_length")
+
+    tl = sub.add_parser("teacher-logits", help="the task teacher's logits over the training features (eval mode, once)")
+    tl.add_argument("--task", choices=["squad", "sst2"], required=True)
+    tl.add_argument("--teacher", required=True)
+    tl.add_argument("--features", required=True)
+    tl.add_argument("--output", required=True)
+    tl.add_argument("--batch-size", type=int, default=64)
+
+    tb = sub.add_parser("backbone", help="task backbone distillation (from a general student with its projection)")
+    tb.add_argument("--task", choices=["squad", "sst2"], required=True)
+    tb.add_argument("--teacher", required=True)
+    tb.add_argument("--init", required=True)
+    tb.add_argument("--features", required=True)
+    tb.add_argument("--output", required=True)
+    tb.add_argument("--train", type=json.loads, required=True)
+    tb.add_argument("--losses", type=json.loads, default={})
+    tb.add_argument("--nproc", type=int, default=1)
+
+    tp = sub.add_parser("prediction", help="prediction-layer distillation with dev evaluation (best or last kept)")
+    tp.add_argument("--task", choices=["squad", "sst2"], required=True)
+    tp.add_argument("--teacher", required=True)
+    tp.add_argument("--backbone", required=True)
+    tp.add_argument("--features", required=True)
+    tp.add_argument("--dev-features", required=True)
+    tp.add_argument("--dev", required=True, help="dev JSON/TSV (for SQuAD post-processing)")
+    tp.add_argument("--output", required=True)
+    tp.add_argument("--train", type=json.loads, required=True)
+    tp.add_argument("--teacher-logits", help="cached logits; without it the teacher runs every batch")
+    tp.add_argument("--temperature", type=float, default=1.0)
+    tp.add_argument("--nproc", type=int, default=1)
+
+    fi = sub.add_parser("final", help="evaluate student and teacher on dev; write results/{task}_final")
+    fi.add_argument("--task", choices=["squad", "sst2"], required=True)
+    fi.add_argument("--student", required=True)
+    fi.add_argument("--teacher", required=True)
+    fi.add_argument("--dev-features", required=True)
+    fi.add_argument("--dev", required=True)
+    fi.add_argument("--output", required=True)
+
     st = sub.add_parser("stage", help="run a stage function from a JSON file of keyword arguments (used under torchrun)")
     st.add_argument("name")
     st.add_argument("kwargs_json")
@@ -103,6 +150,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                           losses=args.losses, student=args.student, init=args.init,
                           snapshot_dir=args.snapshot_dir, phase=args.phase)
             print(run_stage("general_distill", kwargs, nproc=args.nproc))
+        elif args.stage == "features":
+            print(json.dumps(stages.task_features(args.task, args.train, args.dev, args.vocab, args.train_output,
+                                                  args.dev_output, args.settings)))
+        elif args.stage == "teacher-logits":
+            print(stages.task_teacher_logits(args.task, args.teacher, args.features, args.output, args.batch_size))
+        elif args.stage == "backbone":
+            kwargs = dict(task=args.task, teacher=args.teacher, init=args.init, features=args.features,
+                          output=args.output, train=args.train, losses=args.losses)
+            print(run_stage("task_backbone", kwargs, nproc=args.nproc))
+        elif args.stage == "prediction":
+            kwargs = dict(task=args.task, teacher=args.teacher, backbone=args.backbone, features=args.features,
+                          dev_features=args.dev_features, dev=args.dev, output=args.output, train=args.train,
+                          teacher_logits=args.teacher_logits, temperature=args.temperature)
+            print(run_stage("task_prediction", kwargs, nproc=args.nproc))
+        elif args.stage == "final":
+            print(json.dumps(stages.task_final(args.task, args.student, args.teacher, args.dev_features, args.dev,
+                                               args.output), indent=2))
         elif args.stage == "stage":
             with open(args.kwargs_json) as f:
                 getattr(stages, args.name)(**json.load(f))
