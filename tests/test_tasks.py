@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 from taskdata import task_teacher, write_squad, write_sst2
-from textdata import tiny_teacher
 
 from bertdistill import stages
 from bertdistill.checkpoints import load_model, save_model
 from bertdistill.data.sst2 import Sst2Error, read_sst2_tsv, write_sst2_tsv
 from bertdistill.model import BertConfig, BertModel
-from bertdistill.objectives import BackboneObjective, PredictionObjective, make_projection
+from bertdistill.objectives import PredictionObjective, make_projection
 from bertdistill.tasks import read_h5
 
 

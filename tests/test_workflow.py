@@ -47,8 +47,8 @@ def planned_jobs(r: subprocess.CompletedProcess) -> dict[str, int]:
     return jobs
 
 
-@pytest.fixture
-def workdir(tmp_path, http_server):
+def copy_workflow(tmp_path: Path) -> Path:
+    """The workflow's code and config in a fresh folder (its own .snakemake, results, logs)."""
     wd = tmp_path / "wf"
     wd.mkdir()
     for name in COPY:
@@ -57,6 +57,12 @@ def workdir(tmp_path, http_server):
             shutil.copytree(src, wd / name)
         elif src.exists():
             shutil.copy(src, wd / name)
+    return wd
+
+
+@pytest.fixture
+def workdir(tmp_path, http_server):
+    wd = copy_workflow(tmp_path)
     torch.manual_seed(0)
     cfg = hf_config(vocab_size=104, hidden_size=32, intermediate_size=64)
     # An NGC-style pre-training checkpoint (local path) and a zipped NGC QA checkpoint (URL).

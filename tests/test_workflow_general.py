@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from textdata import tiny_teacher, write_corpus
-from test_workflow import COPY, REPO, planned_jobs, smk
+from test_workflow import copy_workflow, planned_jobs, smk
 
 from bertdistill.checkpoints import load_model, load_projection
 
@@ -35,14 +34,7 @@ def tiny_config(tmp_path: Path) -> dict:
 
 @pytest.fixture
 def workdir(tmp_path):
-    wd = tmp_path / "wf"
-    wd.mkdir()
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, wd / name)
-        elif src.exists():
-            shutil.copy(src, wd / name)
+    wd = copy_workflow(tmp_path)
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
     return wd
 

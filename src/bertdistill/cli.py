@@ -12,10 +12,6 @@ from collections.abc import Sequence
 
 from . import __version__, stages
 from .launch import run_stage
-from .assets import AssetError
-from .checkpoints import CheckpointError
-from .data.corpus import CorpusError
-from .data.pretraining import ShardError
 
 
 def _parser() -> argparse.ArgumentParser:
