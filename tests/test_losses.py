@@ -207,3 +207,40 @@ def test_layer_maps():
         layer_map(4, 6, "uniform")
     with pytest.raises(ValueError, match="out of range"):
         layer_map(2, 6, [1, 6])
+
+
+@pytest.mark.parametrize("kind", ["last", "uniform"])
+@pytest.mark.parametrize("masking", ["faithful", "masked"])
+def test_backbone_objective_sums_mapped_layers(kind, masking):
+    """The backbone objective = Σ over mapped (student, teacher) layers of the hand-written losses,
+    on real model internals of a partial batch (B = 3)."""
+    from bertdistill.model import BertConfig, BertModel
+    from bertdistill.objectives import BackboneLossConfig, BackboneObjective, make_projection
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=30, num_attention_heads=H, max_position_embeddings=16,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    teacher = BertModel(BertConfig(hidden_size=8, num_hidden_layers=4, intermediate_size=8, **common)).eval()
+    student = BertModel(BertConfig(hidden_size=4, num_hidden_layers=2, intermediate_size=8, **common),
+                        add_pooling_layer=False).eval()
+    proj = make_projection(student.config, teacher.config, seed=0)
+    obj = BackboneObjective(student, teacher.config, proj, BackboneLossConfig(layer_map=kind, masking=masking))
+    mask = mask_rows()
+    batch = {"input_ids": torch.randint(1, 30, (B, L)) * mask, "attention_mask": mask}
+    with torch.no_grad():
+        terms = obj(batch, obj.teacher_targets(teacher, batch))
+        t_out = teacher(batch["input_ids"], mask, output_hidden_states=True, output_attention_scores=True,
+                        output_context=True)
+        s_out = student(batch["input_ids"], mask, output_hidden_states=True, output_attention_scores=True,
+                        output_context=True)
+    pairs = [(1, 3)] if kind == "last" else [(0, 1), (1, 3)]
+    att = sum(ref_attention(s_out.attention_scores[s], t_out.attention_scores[t], mask, "kl", masking) for s, t in pairs)
+    val = sum(ref_value(s_out.context_layers[s].double().tolist(), t_out.context_layers[t].double().tolist(),
+                        mask.tolist(), masking) for s, t in pairs)
+    hid = sum(ref_hidden(s_out.hidden_states[s + 1].double().tolist(), t_out.hidden_states[t + 1].double().tolist(),
+                         proj.weight.double().tolist(), proj.bias.double().tolist(), mask.tolist(), "cosine", masking)
+              for s, t in pairs)
+    assert abs(terms["attention"].item() - att) < 1e-6
+    assert abs(terms["value"].item() - val) < 1e-6
+    assert abs(terms["hidden"].item() - hid) < 1e-6
+    assert abs(terms["loss"].item() - (att + val + hid)) < 1e-5
