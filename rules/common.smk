@@ -115,9 +115,16 @@ def task_general_dirs(wildcards):
     )
 
 
+AUGMENTED_EXT = {"squad": "json", "sst2": "tsv"}
+
+
 def task_train_path(wildcards):
-    """Original or augmented training data, as `use_augmented` says (both stay supported)."""
+    """Training data of the task stages: our augmentation (`augment.enabled`), a user-supplied
+    augmented file (`use_augmented`), or the original data; all three stay supported."""
     t = config["tasks"][wildcards.task]
+    if t["augment"]["enabled"]:
+        task = wildcards.task
+        return f"results/{task}/augmented/train_aug.{AUGMENTED_EXT[task]}"
     if t["use_augmented"]:
         if "augmented" not in t:
             raise ValueError(
@@ -125,3 +132,20 @@ def task_train_path(wildcards):
             )
         return t["augmented"]["path"]
     return t["train"]["path"]
+
+
+def vectors_input(wildcards):
+    src = config["vectors"]["source"]
+    return [src["path"]] if src.get("path") else []
+
+
+def augment_settings(wildcards):
+    a, t = config["augment"], config["tasks"][wildcards.task]["augment"]
+    return {
+        "n": t["n"],
+        "m": a["m"],
+        "p": a["p"],
+        "seed": a["seed"],
+        "vector_vocab": a["vector_vocab"],
+        "max_batch_tokens": a["max_batch_tokens"],
+    }

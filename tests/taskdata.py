@@ -58,3 +58,13 @@ def task_teacher(folder: Path, head: str, seed: int = 0) -> Path:
     cfg = BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=48, max_position_embeddings=128)
     return save_model(build_model(cfg, head), folder, vocab=vocab, overwrite=True)
+
+
+def write_glove(path: Path, dim: int = 8) -> Path:
+    """GloVe-format vectors for every word of DOCUMENTS (random but fixed)."""
+    import numpy as np
+
+    words = sorted({w.strip(".,;:'\"()").lower() for d in DOCUMENTS for w in d.split()} - {""})
+    rng = np.random.default_rng(0)
+    path.write_text("".join(f"{w} " + " ".join(f"{x:.4f}" for x in rng.standard_normal(dim)) + "\n" for w in words))
+    return path

@@ -418,3 +418,96 @@ def task_final(task: str, student: str | Path, teacher: str | Path, dev_features
         shutil.rmtree(output)
     os.replace(tmp, output)
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation (TinyBERT, batched and sharded)
+
+
+def word_vectors(source: Mapping[str, Any], output: str | Path, fmt: str = "auto") -> int:
+    """Word vectors (GloVe/word2vec text, or an .npy + word-list folder) -> gensim KeyedVectors, once."""
+    from .augment import convert_vectors
+
+    return convert_vectors(assets.resolve_local(source, "resources/downloads/vectors"), output, fmt)
+
+
+def _atomic_json(obj: Any, output: str | Path) -> None:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False))
+    os.replace(tmp, output)
+
+
+def augment_shard(task: str, train: str | Path, mlm: str | Path, vectors: str | Path, output: str | Path,
+                  shard_index: int, num_shards: int, settings: Mapping[str, Any], device: str = "auto") -> dict[str, int]:
+    """Augment texts ``shard_index, shard_index + num_shards, ...`` of the training data; the
+    part file appears only when the shard is complete (a killed shard simply reruns)."""
+    import dataclasses
+
+    import torch
+
+    from .augment import AugmentSettings, Augmentor, WordVectors, augment_squad_paragraphs, augment_sst2
+    from .checkpoints import read_vocab
+    from .data import sst2
+    from .data.squad import load_squad_json
+    from .tokenization import load_tokenizer
+
+    s = AugmentSettings(**dict(settings))
+    mlm = Path(mlm)
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    augmentor = Augmentor(load_model(mlm, head="mlm"), load_tokenizer(mlm / VOCAB_NAME), read_vocab(mlm / VOCAB_NAME),
+                          WordVectors.load(vectors, s.vector_vocab), s, device=dev)
+    if task == "sst2":
+        sentences, labels = sst2.read_sst2_tsv(train)
+        indices = list(range(shard_index, len(sentences), num_shards))
+        groups, stats, samples = augment_sst2(augmentor, sentences, labels, indices, s)
+        part = {"groups": groups}
+    else:
+        paragraphs = [p for a in load_squad_json(train) for p in a["paragraphs"]]
+        indices = list(range(shard_index, len(paragraphs), num_shards))
+        new, stats, samples = augment_squad_paragraphs(augmentor, paragraphs, indices, s)
+        part = {"paragraphs": new}
+    _atomic_json({"task": task, "shard": shard_index, "num_shards": num_shards, "indices": indices,
+                  "stats": dataclasses.asdict(stats), "samples": samples, **part}, output)
+    return dataclasses.asdict(stats)
+
+
+def augment_gather(task: str, train: str | Path, parts: list[str | Path], output: str | Path,
+                   stats_output: str | Path, samples_output: str | Path) -> dict[str, int]:
+    """Gather shard parts into the augmented training file (same format as the original), a
+    stats JSON (texts, eligible words, MLM vs vector candidates, augmented examples) and a file
+    of original/augmented pairs for people to read."""
+    import dataclasses
+
+    from .augment import AugmentStats
+    from .data import sst2
+    from .data.squad import load_squad_json
+
+    loaded = [json.loads(Path(p).read_text()) for p in parts]
+    total = AugmentStats()
+    for part in loaded:
+        total.add(AugmentStats(**part["stats"]))
+    samples = [s for part in loaded for s in part["samples"]][:10]
+    if task == "sst2":
+        groups = sorted((g for part in loaded for g in part["groups"]), key=lambda g: g[0])
+        rows = [(v, label) for _, variants, label in groups for v in variants]
+        sst2.write_sst2_tsv(output, [r[0] for r in rows], [r[1] for r in rows])
+    else:
+        data = load_squad_json(train)
+        flat = [(ai, p) for ai, a in enumerate(data) for p in a["paragraphs"]]
+        extra: dict[int, list] = {}
+        for part in loaded:
+            for p in part["paragraphs"]:
+                extra.setdefault(p["augmented_from"], []).append(p)
+        out = []
+        for ai, article in enumerate(data):
+            out.append({**article, "paragraphs": list(article["paragraphs"])})
+        for gi in sorted(extra):
+            ai = flat[gi][0]
+            out[ai]["paragraphs"].extend({"context": p["context"], "qas": p["qas"]} for p in extra[gi])
+        _atomic_json({"version": "1.1", "data": out}, output)
+    stats = dataclasses.asdict(total)
+    _atomic_json(stats, stats_output)
+    Path(samples_output).write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
+    return stats

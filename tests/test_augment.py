@@ -1,0 +1,206 @@
+"""Augmentation: candidates equal a straightforward per-word, batch-1 implementation of recipe.md §6."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from taskdata import write_squad
+from textdata import DOCUMENTS, write_vocab
+from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+from bertdistill.augment import (
+    STOP_WORDS,
+    AugmentSettings,
+    Augmentor,
+    WordVectors,
+    augment_squad_paragraphs,
+    augment_sst2,
+    convert_vectors,
+    generate,
+)
+from bertdistill.checkpoints import load_model, read_vocab
+from bertdistill.tokenization import load_tokenizer
+
+EXTRA = "the riverbanks near the farmhouse flooded while the shepherds gathered sheepskins"
+
+
+class NaiveReference:
+    """recipe.md §6 as written: per word, re-tokenise, one MLM forward with batch 1, numpy
+    neighbours; candidates keyed by the word's index in the whole text (chunk bug fixed)."""
+
+    def __init__(self, hf_mlm, vocab_file, words, vectors, m=15):
+        self.tok = BertTokenizerLegacy(str(vocab_file), do_lower_case=True)
+        self.mlm = hf_mlm.eval()
+        self.m = m
+        self.words = words[:100000]
+        self.index = {w: i for i, w in enumerate(self.words)}
+        v = np.asarray(vectors[:100000], dtype=np.float64)
+        self.emb = v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def word_distance(self, word):
+        if word not in self.index:
+            return []
+        dist = self.emb @ self.emb[self.index[word]]
+        dist[self.index[word]] = -np.inf
+        return [self.words[i] for i in np.argsort(-dist, kind="stable")[: self.m]]
+
+    def masked_lm(self, sent, word_pieces, mask_id):
+        tokenized = ["[CLS]"] + self.tok.tokenize(sent)[:510]
+        n = len(tokenized)
+        text = (word_pieces + ["[SEP]"] + tokenized[1:] + ["[SEP]"])[:512]
+        ids = self.tok.convert_tokens_to_ids(text)
+        segments = [0] * (n + 1) + [1] * (len(text) - n - 1)
+        logits = self.mlm(torch.tensor([ids]), token_type_ids=torch.tensor([segments])).logits[0, mask_id]
+        top = torch.argsort(logits, descending=True)[: self.m].tolist()
+        return [t for t in self.tok.convert_ids_to_tokens(top) if not t.startswith("##")]
+
+    def word_augment(self, sentence, mask_idx, word):
+        pieces = ["[CLS]"] + self.tok.tokenize(sentence)[:510]
+        token_idx, ids = -1, []
+        for i in range(1, len(pieces)):
+            if "##" not in pieces[i]:
+                token_idx += 1
+                if token_idx < mask_idx:
+                    ids = []
+                elif token_idx == mask_idx:
+                    ids = [i]
+                else:
+                    break
+            else:
+                ids.append(i)
+        if len(ids) == 1:
+            pieces[ids[0]] = "[MASK]"
+            cands = self.masked_lm(sentence, pieces, ids[0])
+        elif len(ids) > 1:
+            cands = self.word_distance(word)
+        else:
+            return None
+        return cands or [word]
+
+    def candidates(self, text, blacklist=""):
+        tokens = self.tok.basic_tokenizer.tokenize(text)
+        black = self.tok.basic_tokenizer.tokenize(blacklist) if blacklist else []
+        out = {}
+        for ptr in range(0, len(tokens), 400):
+            chunk = tokens[ptr : ptr + 400]
+            for idx, word in enumerate(chunk):
+                if word.isascii() and word.isalpha() and word.islower() and word not in STOP_WORDS and word not in black:
+                    c = self.word_augment(" ".join(chunk), idx, word)
+                    if c is not None:
+                        out[ptr + idx] = c
+        return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("aug")
+    vocab = write_vocab(tmp / "vocab.txt")
+    tokens = read_vocab(vocab)
+    torch.manual_seed(0)
+    hc = transformers.BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=48, max_position_embeddings=1100)
+    hf = transformers.BertForMaskedLM(hc).eval()
+    (tmp / "mlm").mkdir()
+    hf.save_pretrained(tmp / "mlm")
+    (tmp / "mlm" / "vocab.txt").write_text(vocab.read_text())
+    # GloVe-style vectors: corpus words plus the multi-piece words of EXTRA (not in the vocab).
+    words = sorted({w for d in DOCUMENTS + [EXTRA] for w in d.lower().replace(".", " ").replace(",", " ").split()})
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((len(words), 8)).astype(np.float32)
+    glove = tmp / "glove.txt"
+    glove.write_text("".join(f"{w} " + " ".join(f"{x:.5f}" for x in v) + "\n" for w, v in zip(words, vecs)))
+    kv_path = tmp / "vectors.kv"
+    convert_vectors(glove, kv_path)
+    ours = Augmentor(load_model(tmp / "mlm", head="mlm"), load_tokenizer(vocab), tokens, WordVectors.load(kv_path),
+                     AugmentSettings(n=8, m=6, p=0.4, max_batch_tokens=2048))
+    naive = NaiveReference(hf, vocab, words, np.loadtxt(glove, usecols=range(1, 9), dtype=np.float64), m=6)
+    return ours, naive, tmp
+
+
+def test_candidates_equal_the_straightforward_implementation(setup):
+    ours, naive, _ = setup
+    texts = [DOCUMENTS[0], DOCUMENTS[1], EXTRA, "a fine film .", "Dr. Smith's café, in Zürich!"]
+    got = ours.candidates(texts)
+    for text, cand in zip(texts, got, strict=True):
+        assert cand.candidates == naive.candidates(text), text
+    assert sum(c.vector_words for c in got) > 0 and sum(c.mlm_words for c in got) > 0
+
+
+def test_texts_over_400_words(setup):
+    ours, naive, _ = setup
+    # ~850 words, mostly stop words so the batch-1 reference stays quick; content words in all three chunks
+    filler = ["the", "and", ",", "of", "."] * 170
+    for pos, word in ((10, "river"), (200, "farmhouse"), (399, "bridge"), (405, "summer"), (610, "riverbanks"), (845, "honey")):
+        filler[pos] = word
+    long_text = " ".join(filler)
+    assert len(ours.words(long_text)) == 850
+    cand = ours.candidates([long_text])[0]
+    assert sorted(cand.candidates) == [10, 200, 399, 405, 610, 845]  # the reference loses words after 400
+    assert cand.candidates == naive.candidates(long_text)
+    variants = generate(long_text, cand, AugmentSettings(n=3, m=6), 0)
+    assert all(len(v.split(" ")) == len(cand.words) for v in variants[1:])
+
+
+def test_vector_neighbours_match_numpy(setup):
+    ours, naive, _ = setup
+    for w in ("riverbanks", "farmhouse", "river", "queen"):
+        assert ours.vectors.neighbours([w], 6).get(w, []) == naive.word_distance(w)
+
+
+def test_output_does_not_depend_on_the_shard_count(setup):
+    ours, _, _ = setup
+    sentences = [d.split(".")[0] for d in DOCUMENTS] + [EXTRA]
+    labels = [i % 2 for i in range(len(sentences))]
+    s = AugmentSettings(n=5, m=6, seed=3)
+    whole, stats, _ = augment_sst2(ours, sentences, labels, list(range(len(sentences))), s)
+    parts = [g for shard in range(3)
+             for g in augment_sst2(ours, sentences, labels, list(range(shard, len(sentences), 3)), s)[0]]
+    assert sorted(parts) == whole  # the same variants for every text, whatever the split
+    assert all(variants[0] == sentences[i] and y == labels[i] for i, variants, y in whole)
+    assert stats.texts == len(sentences)
+    assert stats.augmented_examples == sum(len(v) - 1 for _, v, _ in whole) > 0
+
+
+def test_squad_answer_spans_always_match(setup, tmp_path):
+    ours, _, _ = setup
+    data = json.loads((write_squad(tmp_path / "squad") / "train-v1.1.json").read_text())
+    paragraphs = [p for a in data["data"] for p in a["paragraphs"]]
+    new, stats, samples = augment_squad_paragraphs(ours, paragraphs, list(range(len(paragraphs))),
+                                                   AugmentSettings(n=6, m=6, seed=1))
+    assert new and stats.augmented_examples == sum(len(p["qas"]) for p in new)
+    ids = [qa["id"] for p in new for qa in p["qas"]]
+    assert len(ids) == len(set(ids))  # unique ids
+    for p in new:
+        orig = paragraphs[p["augmented_from"]]
+        for qa, oqa in zip(p["qas"], orig["qas"], strict=True):
+            a = qa["answers"][0]
+            assert p["context"][a["answer_start"] : a["answer_start"] + len(a["text"])] == a["text"]
+            assert a["text"] == " ".join(ours.words(oqa["answers"][0]["text"]))
+            assert qa["id"].startswith(oqa["id"] + "_aug")
+    assert samples and samples[0]["original"] == paragraphs[0]["context"]
+
+
+def test_answer_nearest_the_original_position_is_chosen(setup):
+    from bertdistill.augment import _answer_offsets
+
+    words = "the bridge was old . the bridge was rebuilt".split()
+    assert _answer_offsets(words, ["bridge"], expected_word=6) == len("the bridge was old . the ")
+    assert _answer_offsets(words, ["bridge"], expected_word=0) == len("the ")
+    assert _answer_offsets(words, ["tower"], expected_word=0) is None
+
+
+def test_vector_formats(tmp_path):
+    from gensim.models import KeyedVectors
+
+    (tmp_path / "w2v.txt").write_text("2 3\ncat 1 0 0\ndog 0.9 0.1 0\n")
+    assert convert_vectors(tmp_path / "w2v.txt", tmp_path / "a.kv") == 2
+    (tmp_path / "glove.txt").write_text("cat 1 0 0\ndog 0.9 0.1 0\nfish 0 0 1\n")
+    assert convert_vectors(tmp_path / "glove.txt", tmp_path / "b.kv") == 3
+    kv = KeyedVectors.load(str(tmp_path / "b.kv"))
+    assert np.allclose(kv["dog"], [0.9, 0.1, 0])
+    wv = WordVectors.load(tmp_path / "b.kv")
+    assert wv.neighbours(["cat"], 2)["cat"] == ["dog", "fish"]
