@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +12,8 @@ import torch
 import transformers
 from taskdata import write_squad
 from textdata import DOCUMENTS, write_vocab
-from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
 from bertdistill.augment import (
-    STOP_WORDS,
     AugmentSettings,
     Augmentor,
     WordVectors,
@@ -25,74 +25,10 @@ from bertdistill.augment import (
 from bertdistill.checkpoints import load_model, read_vocab
 from bertdistill.tokenization import load_tokenizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference_augment import NaiveReference  # noqa: E402 - the straightforward implementation
+
 EXTRA = "the riverbanks near the farmhouse flooded while the shepherds gathered sheepskins"
-
-
-class NaiveReference:
-    """recipe.md §6 as written: per word, re-tokenise, one MLM forward with batch 1, numpy
-    neighbours; candidates keyed by the word's index in the whole text (chunk bug fixed)."""
-
-    def __init__(self, hf_mlm, vocab_file, words, vectors, m=15):
-        self.tok = BertTokenizerLegacy(str(vocab_file), do_lower_case=True)
-        self.mlm = hf_mlm.eval()
-        self.m = m
-        self.words = words[:100000]
-        self.index = {w: i for i, w in enumerate(self.words)}
-        v = np.asarray(vectors[:100000], dtype=np.float64)
-        self.emb = v / np.linalg.norm(v, axis=1, keepdims=True)
-
-    def word_distance(self, word):
-        if word not in self.index:
-            return []
-        dist = self.emb @ self.emb[self.index[word]]
-        dist[self.index[word]] = -np.inf
-        return [self.words[i] for i in np.argsort(-dist, kind="stable")[: self.m]]
-
-    def masked_lm(self, sent, word_pieces, mask_id):
-        tokenized = ["[CLS]"] + self.tok.tokenize(sent)[:510]
-        n = len(tokenized)
-        text = (word_pieces + ["[SEP]"] + tokenized[1:] + ["[SEP]"])[:512]
-        ids = self.tok.convert_tokens_to_ids(text)
-        segments = [0] * (n + 1) + [1] * (len(text) - n - 1)
-        logits = self.mlm(torch.tensor([ids]), token_type_ids=torch.tensor([segments])).logits[0, mask_id]
-        top = torch.argsort(logits, descending=True)[: self.m].tolist()
-        return [t for t in self.tok.convert_ids_to_tokens(top) if not t.startswith("##")]
-
-    def word_augment(self, sentence, mask_idx, word):
-        pieces = ["[CLS]"] + self.tok.tokenize(sentence)[:510]
-        token_idx, ids = -1, []
-        for i in range(1, len(pieces)):
-            if "##" not in pieces[i]:
-                token_idx += 1
-                if token_idx < mask_idx:
-                    ids = []
-                elif token_idx == mask_idx:
-                    ids = [i]
-                else:
-                    break
-            else:
-                ids.append(i)
-        if len(ids) == 1:
-            pieces[ids[0]] = "[MASK]"
-            cands = self.masked_lm(sentence, pieces, ids[0])
-        elif len(ids) > 1:
-            cands = self.word_distance(word)
-        else:
-            return None
-        return cands or [word]
-
-    def candidates(self, text, blacklist=""):
-        tokens = self.tok.basic_tokenizer.tokenize(text)
-        black = self.tok.basic_tokenizer.tokenize(blacklist) if blacklist else []
-        out = {}
-        for ptr in range(0, len(tokens), 400):
-            chunk = tokens[ptr : ptr + 400]
-            for idx, word in enumerate(chunk):
-                if word.isascii() and word.isalpha() and word.islower() and word not in STOP_WORDS and word not in black:
-                    c = self.word_augment(" ".join(chunk), idx, word)
-                    if c is not None:
-                        out[ptr + idx] = c
-        return out
 
 
 @pytest.fixture(scope="module")

@@ -120,3 +120,17 @@ def test_training_mode_dropout_and_gradients():
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="multiple of"):
         BertConfig(hidden_size=50, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_mlm_last_layer_at_masked_position_only(with_mask):
+    _, ours = pair("mlm")
+    ids, types, mask = random_batch(ours.config.vocab_size)
+    pick = torch.zeros_like(mask, dtype=torch.bool)
+    pick[0, 3] = pick[1, 1] = pick[2, 4] = True  # exactly one per row -> last-layer shortcut
+    m = mask if with_mask else None
+    with torch.no_grad():
+        full = ours(ids, m, types).logits[pick]
+        fast = ours(ids, m, types, masked_positions=pick)
+    assert fast.last_hidden_state.shape == (3, 1, ours.config.hidden_size)
+    assert (full - fast.logits).abs().max() < TOL

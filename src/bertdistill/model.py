@@ -177,6 +177,19 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
+    def query_only(self, x: torch.Tensor, mask: torch.Tensor | None, query_index: torch.Tensor) -> torch.Tensor:
+        """Context ``[B, 1, H*d]`` of one query position per row (keys/values of every position):
+        the last layer of an MLM needs nothing else when only masked positions are scored."""
+        b, n, _ = x.shape
+        h, d = self.num_attention_heads, self.attention_head_size
+        kv_weight = torch.cat([self.key.weight, self.value.weight])
+        kv_bias = torch.cat([self.key.bias, self.value.bias])
+        k, v = F.linear(x, kv_weight, kv_bias).view(b, n, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        xq = x[torch.arange(b, device=x.device), query_index][:, None]  # [B, 1, D]
+        q = self.query(xq).view(b, 1, h, d).transpose(1, 2)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return context.transpose(1, 2).reshape(b, 1, h * d)
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, explicit: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -262,6 +275,13 @@ class BertLayer(nn.Module):
         out = self.output(self.intermediate(attn_out), attn_out)
         return out, context, scores
 
+    def forward_query(self, x: torch.Tensor, mask: torch.Tensor | None, query_index: torch.Tensor) -> torch.Tensor:
+        """Output ``[B, 1, D]`` at one position per row (eval only; same arithmetic per row)."""
+        context = self.attention.self.query_only(x, mask, query_index)
+        residual = x[torch.arange(x.shape[0], device=x.device), query_index][:, None]
+        attn_out = self.attention.output(context, residual)
+        return self.output(self.intermediate(attn_out), attn_out)
+
 
 class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig) -> None:
@@ -333,8 +353,12 @@ class BertModel(BertPreTrainedModel):
         output_hidden_states: bool = False,
         output_attention_scores: bool | Iterable[int] = False,
         output_context: bool | Iterable[int] = False,
+        last_layer_query: torch.Tensor | None = None,
     ) -> BertOutput:
         """Run the encoder.
+
+        ``last_layer_query`` (``[B]`` positions, inference only): the last layer computes its
+        output only at that position of each row (``last_hidden_state`` is ``[B, 1, D]``).
 
         ``output_attention_scores`` / ``output_context``: ``True`` for every layer or an iterable of
         0-based layer indices (negative counts from the end). Only those layers take the explicit
@@ -350,7 +374,12 @@ class BertModel(BertPreTrainedModel):
         hidden_states = [x] if output_hidden_states else None
         scores_out: list[torch.Tensor | None] | None = [None] * n_layers if want_scores else None
         context_out: list[torch.Tensor | None] | None = [None] * n_layers if want_context else None
-        for i, layer in enumerate(self.encoder.layer):
+        layers = list(self.encoder.layer)
+        if last_layer_query is not None:
+            if want_scores or want_context or output_hidden_states or self.training:
+                raise ValueError("last_layer_query is for inference without internals")
+            layers, last = layers[:-1], layers[-1]
+        for i, layer in enumerate(layers):
             x, context, scores = layer(x, mask, explicit=i in want_scores or i in want_context)
             if hidden_states is not None:
                 hidden_states.append(x)
@@ -358,6 +387,8 @@ class BertModel(BertPreTrainedModel):
                 scores_out[i] = scores
             if context_out is not None and i in want_context:
                 context_out[i] = context
+        if last_layer_query is not None:
+            x = last.forward_query(x, mask, last_layer_query)
         return BertOutput(
             last_hidden_state=x,
             pooler_output=self.pooler(x) if self.pooler is not None else None,
@@ -428,6 +459,16 @@ class BertForMaskedLM(_HeadModel):
     ) -> BertOutput:
         """MLM logits ``[B, L, V]``; with a boolean ``masked_positions`` ``[B, L]`` only those
         positions go through the vocabulary projection and ``logits`` is ``[N, V]`` (row-major)."""
+        one_per_row = (
+            masked_positions is not None and not internals and not self.training
+            and bool((masked_positions.sum(1) == 1).all())
+        )
+        if one_per_row:
+            # Only the masked position of each row is scored, so the last layer runs for it alone.
+            query = masked_positions.int().argmax(1)
+            out = self._backbone(input_ids, attention_mask, token_type_ids, last_layer_query=query)
+            out.logits = self.cls.predictions(out.last_hidden_state[:, 0])
+            return out
         out = self._backbone(input_ids, attention_mask, token_type_ids, **internals)
         h = out.last_hidden_state
         if masked_positions is not None:
