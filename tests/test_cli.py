@@ -21,7 +21,7 @@ def test_help_lists_stages():
     r = run("--help")
     assert r.returncode == 0
     for stage in ("import-teacher", "describe", "corpus", "shards", "general", "features", "teacher-logits",
-                  "backbone", "prediction", "final"):
+                  "backbone", "prediction", "final", "vectors", "augment", "augment-gather"):
         assert stage in r.stdout
 
 
@@ -74,3 +74,27 @@ def test_task_stages_through_the_cli(tmp_path):
         assert r.returncode == 0, (args[0], r.stderr[-2000:])
     metrics = json.loads((tmp_path / "final" / "metrics.json").read_text())
     assert "accuracy" in metrics["student"] and "accuracy" in metrics["teacher"]
+
+
+def test_augmentation_through_the_cli(tmp_path):
+    from taskdata import task_teacher, write_glove, write_sst2
+
+    mlm = task_teacher(tmp_path / "mlm", "mlm")
+    data = write_sst2(tmp_path / "data", n_train=12)
+    assert run("vectors", "--path", str(write_glove(tmp_path / "g.txt")), "--output", str(tmp_path / "v.kv")).returncode == 0
+    parts = []
+    for i in range(2):
+        parts.append(str(tmp_path / f"part_{i}.json"))
+        r = run("augment", "--task", "sst2", "--train", str(data / "train.tsv"), "--mlm", str(mlm), "--vectors",
+                str(tmp_path / "v.kv"), "--output", parts[-1], "--index", str(i), "--num-shards", "2",
+                "--settings", '{"n": 3, "m": 4}')
+        assert r.returncode == 0, r.stderr[-2000:]
+    r = run("augment-gather", "--task", "sst2", "--train", str(data / "train.tsv"), "--parts", *parts,
+            "--output", str(tmp_path / "train_aug.tsv"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    from bertdistill.data.sst2 import read_sst2_tsv
+
+    sentences, labels = read_sst2_tsv(tmp_path / "train_aug.tsv")
+    original, _ = read_sst2_tsv(data / "train.tsv")
+    assert len(sentences) > len(original) and set(original) <= set(sentences)
+    assert json.loads((tmp_path / "train_aug.tsv.stats.json").read_text())["texts"] == 12

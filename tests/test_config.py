@@ -50,6 +50,8 @@ def test_recipe_tasks_reproduce_the_reference():
     r = yaml.safe_load((REPO / "config/recipes/nvidia-4l-312d.yaml").read_text())
     sq, ss = r["tasks"]["squad"], r["tasks"]["sst2"]
     assert (sq["init"], ss["init"]) == ("phase2", "phase1")
+    assert sq["augment"] == {"enabled": True, "n": 15} and ss["augment"] == {"enabled": True, "n": 20}
+    assert (r["augment"]["m"], r["augment"]["p"], r["augment"]["vector_vocab"]) == (15, 0.4, 100000)
     assert sq["features"] == {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
     assert ss["features"]["max_seq_length"] == 128
     for t, back_epochs, pred_epochs, every in ((sq, 9, 10, 2000), (ss, 10, 3, 100)):

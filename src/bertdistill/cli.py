@@ -112,6 +112,27 @@ def _parser() -> argparse.ArgumentParser:
     fi.add_argument("--dev", required=True)
     fi.add_argument("--output", required=True)
 
+    wv = sub.add_parser("vectors", help="word vectors (GloVe/word2vec text or .npy + words) -> gensim KeyedVectors")
+    wv.add_argument("--path", required=True)
+    wv.add_argument("--format", default="auto", choices=["auto", "glove", "word2vec", "npy"])
+    wv.add_argument("--output", required=True)
+
+    au = sub.add_parser("augment", help="TinyBERT augmentation of one shard of a task's training data")
+    au.add_argument("--task", choices=["squad", "sst2"], required=True)
+    au.add_argument("--train", required=True)
+    au.add_argument("--mlm", required=True, help="model folder with an MLM head (and vocab.txt)")
+    au.add_argument("--vectors", required=True, help=".kv from `vectors`, or a GloVe/word2vec text file")
+    au.add_argument("--output", required=True, help="part file (JSON)")
+    au.add_argument("--index", type=int, default=0)
+    au.add_argument("--num-shards", type=int, default=1)
+    au.add_argument("--settings", type=json.loads, default={}, help="JSON: n, m, p, seed, vector_vocab")
+
+    ag = sub.add_parser("augment-gather", help="gather augmentation parts into the augmented training file")
+    ag.add_argument("--task", choices=["squad", "sst2"], required=True)
+    ag.add_argument("--train", required=True)
+    ag.add_argument("--parts", nargs="+", required=True)
+    ag.add_argument("--output", required=True)
+
     st = sub.add_parser("stage", help="run a stage function from a JSON file of keyword arguments (used under torchrun)")
     st.add_argument("name")
     st.add_argument("kwargs_json")
@@ -163,6 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.stage == "final":
             print(json.dumps(stages.task_final(args.task, args.student, args.teacher, args.dev_features, args.dev,
                                                args.output), indent=2))
+        elif args.stage == "vectors":
+            print(stages.word_vectors({"path": args.path}, args.output, args.format), "words")
+        elif args.stage == "augment":
+            print(json.dumps(stages.augment_shard(args.task, args.train, args.mlm, args.vectors, args.output,
+                                                  args.index, args.num_shards, args.settings)))
+        elif args.stage == "augment-gather":
+            print(json.dumps(stages.augment_gather(args.task, args.train, args.parts, args.output,
+                                                   f"{args.output}.stats.json", f"{args.output}.samples.json")))
         elif args.stage == "stage":
             with open(args.kwargs_json) as f:
                 getattr(stages, args.name)(**json.load(f))
