@@ -176,3 +176,23 @@ class SupervisedObjective(nn.Module):
         else:
             loss = F.cross_entropy(s.float(), batch["labels"])
         return {"ce": loss, "loss": loss}
+
+
+class MaskedLMObjective(nn.Module):
+    """Masked-LM training: cross-entropy at the masked positions (``labels`` ≥ 0) only, so the
+    vocabulary projection runs for those positions alone."""
+
+    def __init__(self, model: BertPreTrainedModel) -> None:
+        super().__init__()
+        self.student = model
+        self.projection = None
+
+    def teacher_targets(self, teacher: Any, batch: Batch) -> dict[str, Any]:
+        return {}
+
+    def forward(self, batch: Batch, targets: dict[str, Any]) -> dict[str, torch.Tensor]:
+        labels = batch["labels"]
+        where = labels >= 0
+        logits = self.student(*_inputs(batch), masked_positions=where).logits
+        loss = F.cross_entropy(logits.float(), labels[where])
+        return {"mlm": loss, "loss": loss}

@@ -511,3 +511,99 @@ def augment_gather(task: str, train: str | Path, parts: list[str | Path], output
     _atomic_json(stats, stats_output)
     Path(samples_output).write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
     return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Teachers the embedded default builds: an MLM head for augmentation, task fine-tuning
+
+
+def mlm_accuracy(model, data, batch_size: int = 64) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of masked-token predictions over ``data`` (labels ≥ 0)."""
+    import torch
+
+    model.eval()
+    hit1 = hit5 = total = 0
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+            where = b["labels"] >= 0
+            if not where.any():
+                continue
+            logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], masked_positions=where).logits
+            gold = b["labels"][where]
+            top = logits.topk(5, dim=1).indices
+            hit1 += int((top[:, 0] == gold).sum())
+            hit5 += int((top == gold[:, None]).any(1).sum())
+            total += int(gold.numel())
+    return {"masked_tokens": total, "top1_accuracy": 100.0 * hit1 / max(total, 1),
+            "top5_accuracy": 100.0 * hit5 / max(total, 1)}
+
+
+def adapt_mlm(teacher: str | Path, shards: list[str | Path], heldout: list[str | Path], output: str | Path,
+              train: Mapping[str, Any], snapshot_dir: str | Path | None = None) -> dict[str, Any]:
+    """Continue masked-LM training of a teacher without an MLM head (a new head, decoder tied to
+    the word embeddings) on statically masked shards, for a bounded budget; report masked-token
+    accuracy on held-out shards before and after. Used for augmentation candidates."""
+    from .data.pretraining import load_shards
+    from .objectives import MaskedLMObjective
+    from .train import Trainer, TrainConfig
+
+    teacher, output = Path(teacher), Path(output)
+    snapshot_dir = Path(snapshot_dir) if snapshot_dir else output.with_name(f".{output.name}.snapshots")
+    cfg = TrainConfig(**train)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = load_model(teacher, head="mlm", init_head=True)
+    vocab = teacher / VOCAB_NAME
+    data = load_shards(shards, vocab_file=vocab)
+    held = load_shards(heldout, vocab_file=vocab)
+    before = mlm_accuracy(model, held)
+    objective = MaskedLMObjective(model)
+    trainer = Trainer(cfg, snapshot_dir, log_csv=snapshot_dir / "train.csv",
+                      fingerprint_extra={"stage": "adapt_mlm", "teacher": str(teacher), "examples": len(data)})
+    result = trainer.fit(objective, data)
+    after = mlm_accuracy(model, held)
+    metrics = {"heldout_before": before, "heldout_after": after}
+    if trainer.dist.main:
+        save_trained(objective, result, output, cfg, settings={"stage": "adapt_mlm", "teacher": str(teacher),
+                                                               "heldout": metrics}, vocab=vocab,
+                     extra_files={"train.csv": snapshot_dir / "train.csv"})
+        (output / "mlm_accuracy.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    trainer.clear_snapshots()
+    return metrics
+
+
+def finetune_teacher(task: str, teacher: str | Path, features: str | Path, dev_features: str | Path,
+                     dev: str | Path, output: str | Path, train: Mapping[str, Any],
+                     eval_batch_size: int = 64, snapshot_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune a base teacher on a task's hard labels (a new classification or start/end head),
+    keeping the best dev checkpoint; the dev metric is recorded in ``distill.json``."""
+    from .objectives import SupervisedObjective
+    from .tasks import HEAD, METRIC, evaluate, read_h5
+    from .train import Trainer, TrainConfig
+
+    teacher, output = Path(teacher), Path(output)
+    snapshot_dir = Path(snapshot_dir) if snapshot_dir else output.with_name(f".{output.name}.snapshots")
+    cfg = TrainConfig(**train)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = load_model(teacher, head=HEAD[task], init_head=True, num_labels=2)
+    data, _, _ = _task_dataset(features, keys=("labels", "start_positions", "end_positions"))
+    dev_arrays, _ = read_h5(dev_features)
+    vocab = teacher / VOCAB_NAME
+
+    def evaluate_dev(m) -> dict[str, float]:
+        metrics, _ = evaluate(task, m, dev_arrays, dev, vocab, batch_size=eval_batch_size)
+        return {"metric": metrics[METRIC[task]], **metrics}
+
+    objective = SupervisedObjective(model)
+    trainer = Trainer(cfg, snapshot_dir, log_csv=snapshot_dir / "train.csv",
+                      fingerprint_extra={"stage": f"finetune_{task}", "teacher": str(teacher), "examples": len(data)})
+    result = trainer.fit(objective, data, evaluate=evaluate_dev)
+    if trainer.dist.main:
+        save_trained(objective, result, output, cfg, settings={"stage": f"finetune_{task}", "teacher": str(teacher)},
+                     vocab=vocab, extra_files={"train.csv": snapshot_dir / "train.csv"})
+    trainer.clear_snapshots()
+    return result.selection
