@@ -30,7 +30,7 @@ rule word_vectors:
 rule augment_shard:
     input:
         train=lambda wc: config["tasks"][wc.task]["train"]["path"],
-        mlm=lambda wc: f"resources/teachers/{config['augment']['mlm']}",
+        mlm=mlm_dir(),
         vectors="resources/vectors/vectors.kv",
     output:
         "results/{task}/augmented/part_{i}.json",

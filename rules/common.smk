@@ -85,7 +85,31 @@ def task_names():
 
 
 def task_teacher_dir(wildcards):
-    return f"resources/teachers/{config['tasks'][wildcards.task]['teacher']}"
+    """A configured teacher, or `finetune`: the base teacher fine-tuned here (finetune_teacher)."""
+    name = config["tasks"][wildcards.task]["teacher"]
+    if name == "finetune":
+        return f"results/teachers/{wildcards.task}"
+    return f"resources/teachers/{name}"
+
+
+def mlm_dir():
+    """The MLM for augmentation: a configured teacher with an MLM head, or `adapted` (adapt_mlm)."""
+    name = config["augment"]["mlm"]
+    return "results/adapt_mlm" if name == "adapted" else f"resources/teachers/{name}"
+
+
+def adapt_mlm_shards(wildcards):
+    """Training shards and held-out shards (the last one) of phase 1's sequence length."""
+    return expand(
+        "results/shards/seq{seq}/shard_{i}.hdf5",
+        seq=config["general"]["phase1"]["seq"],
+        i=range(config["shards"]["num_shards"]),
+    )
+
+
+def sst2_source_input(wildcards):
+    src = config["data"]["sst2"]["source"]
+    return [src["path"]] if src.get("path") else []
 
 
 def task_init_dir(wildcards):

