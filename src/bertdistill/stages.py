@@ -368,6 +368,23 @@ def task_prediction(task: str, teacher: str | Path, backbone: str | Path, featur
     return output
 
 
+def trivial_baseline(task: str, dev_arrays: Mapping[str, Any], dev: str | Path) -> dict[str, Any]:
+    """What a model must clearly beat: SST-2, the majority class of the dev set; SQuAD, the first
+    name/number of the paragraph's first sentence (the answer of cloze questions is such a span)."""
+    if task == "sst2":
+        labels = np.asarray(dev_arrays["labels"])
+        share = float(np.bincount(labels, minlength=2).max() / max(len(labels), 1))
+        return {"kind": "majority class", "accuracy": 100.0 * share}
+    from .data.builders import first_sentence_baseline
+    from .data.corpus import train_punkt
+    from .data.squad import load_squad_json, squad_v11_metrics
+
+    data = load_squad_json(dev)
+    contexts = "\n\n".join(p["context"] for a in data for p in a["paragraphs"])
+    preds = first_sentence_baseline(data, train_punkt(contexts))
+    return {"kind": "first name/number of the first sentence", **squad_v11_metrics(data, preds)}
+
+
 def task_final(task: str, student: str | Path, teacher: str | Path, dev_features: str | Path, dev: str | Path,
                output: str | Path, stages: Mapping[str, str | Path] | None = None, eval_batch_size: int = 64,
                n_best: int = 20, max_answer_length: int = 30) -> dict[str, Any]:
@@ -388,6 +405,7 @@ def task_final(task: str, student: str | Path, teacher: str | Path, dev_features
     s_metrics, s_preds = evaluate(task, s_model, dev_arrays, dev, vocab, **kw)
     t_metrics, t_preds = evaluate(task, t_model, dev_arrays, dev, vocab, **kw)
     key = METRIC[task]
+    baseline = trivial_baseline(task, dev_arrays, dev)
     wall = {}
     for name, path in (stages or {}).items():  # model folders (distill.json) or HDF5 files (attrs)
         path = Path(path)
@@ -402,6 +420,7 @@ def task_final(task: str, student: str | Path, teacher: str | Path, dev_features
         "student": s_metrics,
         "teacher": t_metrics,
         "retention": (s_metrics[key] / t_metrics[key]) if t_metrics[key] else None,
+        "baseline": baseline,
         "student_parameters": s_model.num_parameters(),
         "teacher_parameters": t_model.num_parameters(),
         "stage_wall_s": wall,
@@ -517,15 +536,17 @@ def augment_gather(task: str, train: str | Path, parts: list[str | Path], output
 # Teachers the embedded default builds: an MLM head for augmentation, task fine-tuning
 
 
-def mlm_accuracy(model, data, batch_size: int = 64) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of masked-token predictions over ``data`` (labels ≥ 0)."""
+def mlm_accuracy(model, data, batch_size: int = 64, max_examples: int | None = None) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of masked-token predictions over (the first ``max_examples`` of)
+    ``data`` (labels ≥ 0)."""
     import torch
 
     model.eval()
     hit1 = hit5 = total = 0
+    n = len(data) if max_examples is None else min(len(data), max_examples)
     with torch.inference_mode():
-        for start in range(0, len(data), batch_size):
-            b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        for start in range(0, n, batch_size):
+            b = data.batch(torch.arange(start, min(start + batch_size, n)))
             where = b["labels"] >= 0
             if not where.any():
                 continue
@@ -540,7 +561,8 @@ def mlm_accuracy(model, data, batch_size: int = 64) -> dict[str, float]:
 
 
 def adapt_mlm(teacher: str | Path, shards: list[str | Path], heldout: list[str | Path], output: str | Path,
-              train: Mapping[str, Any], snapshot_dir: str | Path | None = None) -> dict[str, Any]:
+              train: Mapping[str, Any], snapshot_dir: str | Path | None = None,
+              heldout_examples: int | None = 1024) -> dict[str, Any]:
     """Continue masked-LM training of a teacher without an MLM head (a new head, decoder tied to
     the word embeddings) on statically masked shards, for a bounded budget; report masked-token
     accuracy on held-out shards before and after. Used for augmentation candidates."""
@@ -558,12 +580,12 @@ def adapt_mlm(teacher: str | Path, shards: list[str | Path], heldout: list[str |
     vocab = teacher / VOCAB_NAME
     data = load_shards(shards, vocab_file=vocab)
     held = load_shards(heldout, vocab_file=vocab)
-    before = mlm_accuracy(model, held)
+    before = mlm_accuracy(model, held, max_examples=heldout_examples)
     objective = MaskedLMObjective(model)
     trainer = Trainer(cfg, snapshot_dir, log_csv=snapshot_dir / "train.csv",
                       fingerprint_extra={"stage": "adapt_mlm", "teacher": str(teacher), "examples": len(data)})
     result = trainer.fit(objective, data)
-    after = mlm_accuracy(model, held)
+    after = mlm_accuracy(model, held, max_examples=heldout_examples)
     metrics = {"heldout_before": before, "heldout_after": after}
     if trainer.dist.main:
         save_trained(objective, result, output, cfg, settings={"stage": "adapt_mlm", "teacher": str(teacher),
