@@ -132,6 +132,7 @@ rule adapt_mlm:
         runtime=240,
     params:
         train=lambda wc: config["adapt_mlm"]["train"],
+        heldout_examples=lambda wc: config["adapt_mlm"]["heldout_examples"],
         snapshot_dir="results/.adapt_mlm.snapshots",
     script:
         "../scripts/adapt_mlm.py"
@@ -140,7 +141,7 @@ rule adapt_mlm:
 rule finetune_teacher:
     input:
         teacher=general_teacher_dir(),
-        features="results/{task}/features/train.hdf5",
+        features=finetune_features,
         dev_features="results/{task}/features/dev.hdf5",
         dev=lambda wc: config["tasks"][wc.task]["dev"]["path"],
     output:

@@ -142,6 +142,15 @@ def task_general_dirs(wildcards):
 AUGMENTED_EXT = {"squad": "json", "sst2": "tsv"}
 
 
+def finetune_features(wildcards):
+    """A teacher is fine-tuned on the original training data, never on the augmented copy
+    (its inherited labels are noisy, and it is several times larger)."""
+    t = config["tasks"][wildcards.task]
+    if t["augment"]["enabled"] or t["use_augmented"]:
+        return f"results/{wildcards.task}/features/train_original.hdf5"
+    return f"results/{wildcards.task}/features/train.hdf5"
+
+
 def task_train_path(wildcards):
     """Training data of the task stages: our augmentation (`augment.enabled`), a user-supplied
     augmented file (`use_augmented`), or the original data; all three stay supported."""

@@ -29,6 +29,28 @@ rule task_features:
         "../scripts/task_features.py"
 
 
+rule finetune_features:
+    input:
+        train=lambda wc: config["tasks"][wc.task]["train"]["path"],
+        teacher=general_teacher_dir(),
+    output:
+        "results/{task}/features/train_original.hdf5",
+    log:
+        "logs/{task}/finetune_features.log",
+    benchmark:
+        "benchmarks/{task}/finetune_features.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        settings=lambda wc: config["tasks"][wc.task]["features"],
+    script:
+        "../scripts/finetune_features.py"
+
+
 rule teacher_logits:
     input:
         teacher=task_teacher_dir,

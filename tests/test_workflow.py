@@ -164,3 +164,20 @@ def test_corrupt_download_fails_with_message(workdir):
     assert "does not match" in (r.stdout + r.stderr) or "expected 0000" in (r.stdout + r.stderr)
     assert not (wd / "resources/teachers/squad").exists()
     assert not list((wd / "resources/downloads/squad").glob("*.zip"))
+
+
+def test_default_config_plans_teachers_on_the_original_data(tmp_path):
+    """The embedded default (dry run): a fine-tuned teacher learns from the original training
+    split (its own feature rule when augmentation is on), the students from the augmented one."""
+    wd = copy_workflow(tmp_path)
+    r = smk(wd, "-n", "--cores", "2", "results/sst2_final", "results/squad_final")
+    out = r.stdout + r.stderr
+    blocks = {}
+    for block in out.split("\nrule ")[1:]:
+        name, _, body = block.partition(":\n")
+        inputs = next((line.split("input: ", 1)[1] for line in body.splitlines() if "input: " in line), "")
+        blocks.setdefault(name.strip(), []).append(inputs.split(", "))
+    tuned = {next(p for p in inputs if p.startswith("results/") and p.endswith(".hdf5")) for inputs in blocks["finetune_teacher"]}
+    assert tuned == {"results/sst2/features/train_original.hdf5", "results/squad/features/train.hdf5"}
+    assert blocks["finetune_features"] == [["results/data/sst2/train.tsv", "resources/teachers/base"]]
+    assert any("results/sst2/augmented/train_aug.tsv" in inputs for inputs in blocks["task_features"])

@@ -20,6 +20,7 @@ from .checkpoints import (
     CONFIG_NAME,
     VOCAB_NAME,
     CheckpointError,
+    init_from_teacher,
     load_model,
     read_config,
     save_model,
@@ -177,7 +178,8 @@ def general_distill(
     snapshot_dir: str | Path | None = None,
     phase: str = "general",
 ) -> Path:
-    """General distillation: phase 1 (``student`` = config, random N(0, 0.02) init) or phase 2
+    """General distillation: phase 1 (``student`` = config, random N(0, 0.02) init, or the teacher's
+    embeddings and layers ``student["init_from_teacher_layers"]``) or phase 2
     (``init`` = the phase-1 folder, projection included). Writes the student, its projection,
     ``distill.json`` and ``train.csv`` to ``output`` once training completes."""
     import torch
@@ -210,6 +212,7 @@ def general_distill(
             )
     else:
         spec = dict(student or {})
+        init_layers = spec.pop("init_from_teacher_layers", None)
         scfg = BertConfig.from_dict({
             **{k: getattr(tcfg, k) for k in ("vocab_size", "max_position_embeddings", "type_vocab_size",
                                               "hidden_act", "layer_norm_eps", "pad_token_id")},
@@ -222,6 +225,8 @@ def general_distill(
             )
         torch.manual_seed(cfg.seed)
         student_model = BertModel(scfg, add_pooling_layer=False)
+        if init_layers:
+            init_from_teacher(student_model, teacher_model, list(init_layers), source=teacher_dir)
         projection = make_projection(scfg, tcfg, seed=cfg.seed)
     data = load_shards(shards, vocab_file=vocab)
     objective = BackboneObjective(student_model, tcfg, projection, BackboneLossConfig(**dict(losses or {})))
@@ -243,18 +248,23 @@ def general_distill(
 def task_features(task: str, train: str | Path, dev: str | Path, vocab: str | Path, train_output: str | Path,
                   dev_output: str | Path, settings: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Feature files of the training and dev splits (their own rule, never inside training)."""
-    from .tasks import build_task_features, write_h5
+    return {split: split_features(task, src, vocab, out, training=split == "train", settings=settings)
+            for split, src, out in (("train", train, train_output), ("dev", dev, dev_output))}
 
+
+def split_features(task: str, source: str | Path, vocab: str | Path, output: str | Path, training: bool = True,
+                   settings: Mapping[str, Any] | None = None) -> int:
+    """The feature file of one split (e.g. the original training data a teacher is fine-tuned on
+    while the students train on the augmented data); returns the number of features."""
     import time
 
-    counts = {}
-    for split, src, out in (("train", train, train_output), ("dev", dev, dev_output)):
-        t0 = time.time()
-        arrays, attrs = build_task_features(task, src, vocab, training=split == "train", settings=settings)
-        attrs["wall_s"] = round(time.time() - t0, 3)
-        write_h5(arrays, out, attrs)
-        counts[split] = int(attrs["features"])
-    return counts
+    from .tasks import build_task_features, write_h5
+
+    t0 = time.time()
+    arrays, attrs = build_task_features(task, source, vocab, training=training, settings=settings)
+    attrs["wall_s"] = round(time.time() - t0, 3)
+    write_h5(arrays, output, attrs)
+    return int(attrs["features"])
 
 
 def task_teacher_logits(task: str, teacher: str | Path, features: str | Path, output: str | Path,
@@ -271,8 +281,9 @@ def task_teacher_logits(task: str, teacher: str | Path, features: str | Path, ou
     arrays, attrs = read_h5(features)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
     model = load_model(teacher, head=HEAD[task])
-    # Full-length inputs: the prediction loss's softmax runs over every position, padding included.
-    logits = predict_logits(model, arrays, batch_size, dev, trim=False)
+    # QA: full-length inputs, since the prediction loss's softmax runs over every position, padding
+    # included. Classification reads [CLS] only, which padding does not change: trimmed batches.
+    logits = predict_logits(model, arrays, batch_size, dev, trim=HEAD[task] != "qa")
     write_h5({"teacher_logits": logits.astype(np.float32)}, output,
              {"task": task, "teacher": str(teacher), "features": str(features), "teacher_mode": "eval",
               "features_vocab_sha256": attrs.get("vocab_sha256", ""), "wall_s": round(time.time() - t0, 3)})
