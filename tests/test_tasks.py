@@ -101,3 +101,27 @@ def test_cached_logits_give_the_live_teacher_loss(tmp_path):
     torch.manual_seed(1)
     b = objective(batch, from_cache)["loss"]
     assert abs(a.item() - b.item()) < 1e-6
+
+
+@pytest.mark.parametrize("head", ["classification", "qa"])
+def test_sorted_trimmed_prediction_equals_full_length(tmp_path, head):
+    """Longest-first batches cut to their longest row give every row's logits at full length,
+    in the input order (padding positions of QA rows are -10000)."""
+    from bertdistill.tasks import predict_logits
+
+    model = load_model(task_teacher(tmp_path / "t", head), head=head)
+    g = torch.Generator().manual_seed(0)
+    n, length = 23, 40
+    lengths = torch.randint(3, length + 1, (n,), generator=g)
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    ids = torch.randint(5, model.config.vocab_size, (n, length), generator=g) * mask
+    arrays = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros((n, length), int)}
+    fast = predict_logits(model, arrays, batch_size=4)
+    full = predict_logits(model, arrays, batch_size=4, trim=False)
+    assert fast.shape == full.shape
+    if head == "qa":
+        real = np.broadcast_to(mask.numpy()[:, None, :].astype(bool), full.shape)
+        assert np.allclose(fast[real], full[real], atol=1e-5)
+        assert (fast[~real] == -10000.0).all()
+    else:
+        assert np.allclose(fast, full, atol=1e-5)

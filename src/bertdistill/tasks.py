@@ -103,27 +103,39 @@ def predict_logits(model, arrays: Mapping[str, np.ndarray], batch_size: int = 64
                    trim: bool = True) -> np.ndarray:
     """Logits of ``model`` (eval mode) over all features: ``[N, C]`` or ``[N, 2, L]`` for QA.
 
-    ``trim`` cuts each batch to its longest sequence (a speed-up that leaves logits of real
-    tokens unchanged); trimmed QA positions are filled with −10000 (they are padding).
+    ``trim`` runs the features longest first and cuts each batch to its longest sequence (a
+    speed-up that leaves logits of real tokens unchanged; rows come back in the input order).
+    With ``trim``, QA logits at each row's padding positions are −10000: they are not answer
+    positions, and the value no longer depends on which rows shared the batch.
     """
     was_training = model.training
     model.eval().to(device)
     n, length = arrays["input_ids"].shape
+    lengths = arrays["attention_mask"].sum(1)
+    order = np.argsort(-lengths, kind="stable") if trim else np.arange(n)
     out = []
     for start in range(0, n, batch_size):
-        batch = model_inputs(arrays, slice(start, start + batch_size))
-        keep = int(batch["attention_mask"].sum(1).max()) if trim else length
+        idx = order[start : start + batch_size]
+        batch = model_inputs(arrays, idx)
+        keep = int(lengths[idx].max()) if trim else length
         batch = {k: v[:, :keep].to(device) for k, v in batch.items()}
         res = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         if res.start_logits is not None:
-            logits = torch.full((len(batch["input_ids"]), 2, length), -10000.0)
+            logits = torch.full((len(idx), 2, length), -10000.0)
             logits[:, 0, :keep] = res.start_logits.float().cpu()
             logits[:, 1, :keep] = res.end_logits.float().cpu()
+            if trim:
+                pad = torch.arange(length)[None] >= torch.from_numpy(lengths[idx].astype(np.int64))[:, None]
+                logits.masked_fill_(pad[:, None, :], -10000.0)
         else:
             logits = res.logits.float().cpu()
         out.append(logits.numpy())
     model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0,))
+    if not out:
+        return np.zeros((0,))
+    result = np.empty((n, *out[0].shape[1:]), dtype=np.float32)
+    result[order] = np.concatenate(out)
+    return result
 
 
 def evaluate(task: str, model, dev_features: Mapping[str, np.ndarray], dev_source: str | Path, vocab: str | Path,
