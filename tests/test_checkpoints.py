@@ -238,3 +238,43 @@ def test_save_refuses_to_replace_a_finished_model(tmp_path):
     with pytest.raises(FileExistsError):
         save_model(ours, tmp_path / "m")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp")]
+
+
+def test_init_from_teacher_layers_equals_the_truncated_teacher(tmp_path):
+    """A student initialised from teacher layers [1, 3] computes what transformers' teacher does
+    with only those two layers kept (module surgery on the HF model, our copy code not involved)."""
+    from bertdistill.checkpoints import init_from_teacher
+    from bertdistill.model import BertModel
+
+    cfg = hf_config(num_hidden_layers=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    hf = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    hf.save_pretrained(tmp_path / "t")
+    write_vocab(tmp_path / "t" / "vocab.txt", cfg.vocab_size)
+    teacher = load_model(tmp_path / "t")
+    student = BertModel(BertConfig.from_dict({**teacher.config.to_dict(), "num_hidden_layers": 2}), add_pooling_layer=False)
+    init_from_teacher(student, teacher, [1, 3])
+    hf.encoder.layer = torch.nn.ModuleList([hf.encoder.layer[1], hf.encoder.layer[3]])
+    hf.config.num_hidden_layers = 2
+    ids, types, mask = random_batch(cfg.vocab_size, batch=3, length=12)
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        got = student.eval()(ids, mask, types).last_hidden_state
+    want, got = want[mask.bool()], got[mask.bool()]  # padded positions are not compared
+    assert (got - want).abs().max() < TOL
+
+
+@pytest.mark.parametrize(("layers", "change", "message"), [
+    ([0, 1, 2], {}, "lists 3 layers but the student has 2"),
+    ([1, 4], {}, r"teacher layers \[4\] do not exist"),
+    ([0, 1], {"intermediate_size": 40}, "student intermediate_size 40 != teacher's"),
+])
+def test_init_from_teacher_layers_errors(tmp_path, layers, change, message):
+    from bertdistill.checkpoints import init_from_teacher
+    from bertdistill.model import BertModel
+
+    teacher = BertModel(BertConfig.from_dict(hf_config(num_hidden_layers=4).to_dict()))
+    student = BertModel(BertConfig.from_dict({**teacher.config.to_dict(), "num_hidden_layers": 2, **change}))
+    with pytest.raises(CheckpointError, match=message) as err:
+        init_from_teacher(student, teacher, layers, source="teachers/base")
+    assert str(err.value).startswith("teachers/base: ") and "\n" not in str(err.value)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model import HEADS, HF_ARCHITECTURES, BertConfig, BertPreTrainedModel, build_model
+from .model import HEADS, HF_ARCHITECTURES, BertConfig, BertModel, BertPreTrainedModel, build_model
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -287,6 +287,28 @@ def _model_from_state(
 def _key_list(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def init_from_teacher(student: BertModel, teacher: BertModel, layers: list[int], source: str | Path = "teacher") -> None:
+    """Copy the teacher's embeddings and its encoder layers ``layers`` (0-based, one per student
+    layer) into ``student`` (DistilBERT-style initialisation; TinyBERT starts from random weights).
+    The widths must be the teacher's: a one-line error names what differs."""
+    s, t = student.config, teacher.config
+    if len(layers) != s.num_hidden_layers:
+        raise CheckpointError(f"{source}: init_from_teacher_layers lists {len(layers)} layers but the student has "
+                              f"{s.num_hidden_layers}; give one teacher layer per student layer")
+    bad = [i for i in layers if not 0 <= i < t.num_hidden_layers]
+    if bad:
+        raise CheckpointError(f"{source}: teacher layers {bad} do not exist (the teacher has {t.num_hidden_layers}, 0-based)")
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size", "max_position_embeddings",
+                "type_vocab_size"):
+        if getattr(s, key) != getattr(t, key):
+            raise CheckpointError(f"{source}: student {key} {getattr(s, key)} != teacher's {getattr(t, key)}; "
+                                  "init_from_teacher_layers needs the teacher's widths")
+    with torch.no_grad():
+        student.embeddings.load_state_dict(teacher.embeddings.state_dict())
+        for new, old in enumerate(layers):
+            student.encoder.layer[new].load_state_dict(teacher.encoder.layer[old].state_dict())
 
 
 def load_projection(folder: str | Path) -> nn.Linear | None:
