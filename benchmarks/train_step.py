@@ -106,7 +106,7 @@ def hf_side(args, device, batch):
 def ours_side(args, device, batch):
     from bertdistill.model import BertConfig, BertModel
     from bertdistill.objectives import BackboneLossConfig, BackboneObjective, make_projection
-    from bertdistill.train import TrainConfig, make_optimizer
+    from bertdistill.train import TrainConfig, compile_for_training, make_optimizer
 
     torch.manual_seed(0)
     tcfg = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
@@ -114,17 +114,20 @@ def ours_side(args, device, batch):
     teacher = BertModel(tcfg, add_pooling_layer=False).to(device).train()
     objective = BackboneObjective(BertModel(scfg, add_pooling_layer=False), tcfg, make_projection(scfg, tcfg, 0),
                                   BackboneLossConfig()).to(device).train()
-    cfg = TrainConfig(max_steps=10, precision=args.precision, optimizer="adamw")
+    cfg = TrainConfig(max_steps=10, precision=args.precision, optimizer="adamw", compile=args.compile)
     opt = make_optimizer(objective, cfg, device)
+    model, teacher_targets = objective, objective.teacher_targets
+    if cfg.compile:  # what Trainer.fit does with train.compile set
+        model, teacher_targets = compile_for_training(objective, teacher_targets, cfg.compile)
     amp = torch.bfloat16 if args.precision == "bf16" else None
 
     # The trainer's inner step (train.Trainer.fit) without its bookkeeping.
     def step():
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             with torch.inference_mode():
-                targets = objective.teacher_targets(teacher, batch)
+                targets = teacher_targets(teacher, batch)
             targets = {k: v.clone() for k, v in targets.items()}
-            loss = objective(batch, targets)["loss"]
+            loss = model(batch, targets)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
         opt.step()
@@ -140,15 +143,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="steps per side per round")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=None,
+                   help="train.compile for our side (the transformers side stays eager, as a plain script)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     batch = make_batch(args.batch, args.seq, 30522, device)
     sides = {"ours": ours_side(args, device, batch), "hf": hf_side(args, device, batch)}
     times: dict[str, list[float]] = {k: [] for k in sides}
+    warm = 5 if args.compile else 2  # compilation and CUDA-graph recording happen here, untimed
     for fn in sides.values():  # warm-up
-        fn()
-        fn()
+        for _ in range(warm):
+            fn()
     for _ in range(args.rounds):
         for name, fn in sides.items():
             for _ in range(args.steps):
@@ -166,7 +172,7 @@ def main() -> None:
         "ours_s": round(ours_s, 4), "hf_s": round(hf_s, 4), "ratio": round(hf_s / ours_s, 3),
         "mfu": round(flops / ours_s / peak, 3), "hf_mfu": round(flops / hf_s / peak, 3),
         "step_gflop": round(flops / 1e9, 1), "peak_gflops": round(peak / 1e9, 1),
-        "device": str(device), "threads": torch.get_num_threads(), "precision": args.precision,
+        "device": str(device), "threads": torch.get_num_threads(), "precision": args.precision, "compile": args.compile,
         "batch": args.batch, "seq": args.seq, "samples": len(times["ours"]),
     }))
 

@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--no-dynamic-padding", action="store_true")
     p.add_argument("--optimizer", default="adam_nobc")
     p.add_argument("--masking", default="faithful")
+    # CPU by default: bit-identical resume and the gloo DDP comparison are CPU properties.
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -51,7 +53,7 @@ def main() -> None:
                                   BackboneLossConfig(layer_map="uniform", masking=a.masking, embedding="mse"))
     cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch, grad_accum=a.accum, lr=5e-3, optimizer=a.optimizer,
                       snapshot_every=a.snapshot_every, log_every=1, seed=3,
-                      dynamic_padding=not a.no_dynamic_padding)
+                      dynamic_padding=not a.no_dynamic_padding, device=a.device)
 
     def on_step(step, terms):
         if step == a.block_at:

@@ -70,12 +70,17 @@ class TrainConfig:
     eval_every: int | None = None
     keep: str = "last"  # last | best (by the evaluation metric, higher is better)
     device: str = "auto"
+    # torch.compile mode for the objective and the teacher (default | reduce-overhead |
+    # max-autotune), None = eager. On a GPU a distillation step of a small student is bound by
+    # kernel launches; reduce-overhead replays CUDA graphs. Each padded length compiles once.
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of max_steps and epochs")
         choices = {"schedule": ("linear", "constant"), "optimizer": ("adamw", "adam_nobc"),
-                   "precision": ("fp32", "bf16", "fp16"), "keep": ("last", "best")}
+                   "precision": ("fp32", "bf16", "fp16"), "keep": ("last", "best"),
+                   "compile": (None, "default", "reduce-overhead", "max-autotune")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -84,10 +89,25 @@ class TrainConfig:
     def fingerprint(self, extra: Mapping[str, Any] | None = None) -> str:
         """Hash of everything that changes the result (not logging/snapshot cadence or device)."""
         d = dataclasses.asdict(self)
-        for k in ("snapshot_every", "log_every", "device"):
+        for k in ("snapshot_every", "log_every", "device", "compile"):
             d.pop(k)
         blob = json.dumps({"train": d, "extra": dict(extra or {})}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def compile_for_training(model: nn.Module, teacher_targets: Callable, mode: str) -> tuple[nn.Module, Callable]:
+    """``torch.compile`` the objective (student forward and losses; backward through AOTAutograd)
+    and its ``teacher_targets`` (the teacher forward). Dynamic padding rounds lengths to multiples
+    of 8, so up to max_len/8 shapes compile once each; the recompile limit is raised to match
+    instead of falling back to eager."""
+    import torch._dynamo
+
+    dyn = torch._dynamo.config
+    name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
+    setattr(dyn, name, max(getattr(dyn, name), 64))
+    mode_arg = None if mode == "default" else mode
+    return (torch.compile(model, mode=mode_arg, dynamic=False),
+            torch.compile(teacher_targets, mode=mode_arg, dynamic=False))
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -475,6 +495,9 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 objective, device_ids=[device.index] if device.type == "cuda" else None
             )
+        teacher_targets = getattr(objective, "teacher_targets", None)
+        if cfg.compile:
+            model, teacher_targets = compile_for_training(model, teacher_targets, cfg.compile)
         optimizer = make_optimizer(objective, cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -520,7 +543,7 @@ class Trainer:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         if hasattr(objective, "teacher_targets") and (teacher is not None or "teacher_logits" in batch):
                             with torch.inference_mode():
-                                targets = objective.teacher_targets(teacher, batch)
+                                targets = teacher_targets(teacher, batch)
                             targets = _clone_targets(targets)
                         else:
                             targets = {}
