@@ -18,9 +18,10 @@ class NaiveReference:
     """recipe.md §6 as written: per word, re-tokenise, one MLM forward with batch 1, numpy
     neighbours; candidates keyed by the word's index in the whole text (chunk bug fixed)."""
 
-    def __init__(self, hf_mlm, vocab_file, words, vectors, m=15, max_len=512):
+    def __init__(self, hf_mlm, vocab_file, words, vectors, m=15, max_len=512, device="cpu"):
         self.tok = BertTokenizerLegacy(str(vocab_file), do_lower_case=True)
-        self.mlm = hf_mlm.eval()
+        self.device = torch.device(device)
+        self.mlm = hf_mlm.eval().to(self.device)
         self.m = m
         self.max_len = max_len
         self.words = words[:100000]
@@ -41,7 +42,8 @@ class NaiveReference:
         text = (word_pieces + ["[SEP]"] + tokenized[1:] + ["[SEP]"])[: self.max_len]
         ids = self.tok.convert_tokens_to_ids(text)
         segments = [0] * (n + 1) + [1] * (len(text) - n - 1)
-        logits = self.mlm(torch.tensor([ids]), token_type_ids=torch.tensor([segments])).logits[0, mask_id]
+        logits = self.mlm(torch.tensor([ids], device=self.device),
+                          token_type_ids=torch.tensor([segments], device=self.device)).logits[0, mask_id]
         top = torch.argsort(logits, descending=True)[: self.m].tolist()
         return [t for t in self.tok.convert_ids_to_tokens(top) if not t.startswith("##")]
 
