@@ -7,5 +7,6 @@ with log_to(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
     sm = snakemake  # noqa: F821
     shards = list(sm.input.shards)
     kwargs = dict(teacher=sm.input.teacher, shards=shards[:-1] or shards, heldout=shards[-1:], output=sm.output[0],
-                  train=dict(sm.params.train), snapshot_dir=sm.params.snapshot_dir)
+                  train=dict(sm.params.train), heldout_examples=int(sm.params.heldout_examples),
+                  snapshot_dir=sm.params.snapshot_dir)
     run_stage("adapt_mlm", kwargs, nproc=int(sm.resources.gpu))
