@@ -105,9 +105,9 @@ def main() -> None:
     same = all(g.candidates == e for g, e in zip(got, expected, strict=True))
     # On a GPU the batched and the batch-1 matmuls round differently, so near-tied MLM scores can
     # swap places: count words whose lists are identical, and those equal as sets.
-    words = [(g.candidates.get(k), e.get(k)) for g, e in zip(got, expected, strict=True) for k in set(g.candidates) | set(e)]
-    same_lists = sum(a == b for a, b in words) / max(len(words), 1)
-    same_sets = sum(a is not None and b is not None and set(a) == set(b) for a, b in words) / max(len(words), 1)
+    pairs = [(g.candidates.get(k), e.get(k)) for g, e in zip(got, expected, strict=True) for k in set(g.candidates) | set(e)]
+    same_lists = sum(a == b for a, b in pairs) / max(len(pairs), 1)
+    same_sets = sum(a is not None and b is not None and set(a) == set(b) for a, b in pairs) / max(len(pairs), 1)
     print(json.dumps({
         "ours_texts_per_s": round(len(corpus) / ours_s, 2), "reference_texts_per_s": round(len(corpus) / ref_s, 2),
         "ratio": round(ref_s / ours_s, 2), "same_candidates": same, "same_list_fraction": round(same_lists, 5),

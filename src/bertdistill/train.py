@@ -95,7 +95,8 @@ class TrainConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def compile_for_training(model: nn.Module, teacher_targets: Callable, mode: str) -> tuple[nn.Module, Callable]:
+def compile_for_training(model: nn.Module, teacher_targets: Callable | None,
+                         mode: str) -> tuple[nn.Module, Callable | None]:
     """``torch.compile`` the objective (student forward and losses; backward through AOTAutograd)
     and its ``teacher_targets`` (the teacher forward). Dynamic padding rounds lengths to multiples
     of 8, so up to max_len/8 shapes compile once each; the recompile limit is raised to match
@@ -106,8 +107,8 @@ def compile_for_training(model: nn.Module, teacher_targets: Callable, mode: str)
     name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
     setattr(dyn, name, max(getattr(dyn, name), 64))
     mode_arg = None if mode == "default" else mode
-    return (torch.compile(model, mode=mode_arg, dynamic=False),
-            torch.compile(teacher_targets, mode=mode_arg, dynamic=False))
+    compiled_targets = torch.compile(teacher_targets, mode=mode_arg, dynamic=False) if teacher_targets else None
+    return torch.compile(model, mode=mode_arg, dynamic=False), compiled_targets
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
