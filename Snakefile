@@ -1,6 +1,6 @@
 from snakemake.utils import min_version, validate
 
-from bertdistill.config import coerce_cli_strings
+from bertdistill.config import check_config, coerce_cli_strings
 
 min_version("9.0")
 
@@ -11,6 +11,12 @@ configfile: "config/config.yaml"
 # Nested --config values arrive as strings; convert where the schema expects numbers.
 coerce_cli_strings(config, f"{workflow.basedir}/schemas/config.schema.yaml")
 validate(config, "schemas/config.schema.yaml")
+check_config(config)
+
+
+scattergather:
+    shards=config["shards"]["num_shards"],
+    augment=config["augment"]["num_shards"],
 
 
 include: "rules/common.smk"

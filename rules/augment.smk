@@ -7,13 +7,13 @@ wildcard_constraints:
 
 rule word_vectors:
     input:
-        vectors_input,
+        lambda wc: local_paths([config["vectors"]["source"]]),
     output:
-        "resources/vectors/vectors.kv",
+        output="resources/vectors/vectors.kv",
     log:
         "logs/assets/word_vectors.log",
     benchmark:
-        "benchmarks/assets/word_vectors.tsv"
+        "logs/timing/assets/word_vectors.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -22,22 +22,22 @@ rule word_vectors:
         runtime=60,
     params:
         source=lambda wc: config["vectors"]["source"],
-        fmt=lambda wc: config["vectors"]["format"],
+        format=lambda wc: config["vectors"]["format"],
     script:
-        "../scripts/word_vectors.py"
+        "../scripts/run_stage.py"
 
 
 rule augment_shard:
     input:
-        train=lambda wc: config["tasks"][wc.task]["train"]["path"],
+        train=task_data("train"),
         mlm=mlm_dir(),
         vectors="resources/vectors/vectors.kv",
     output:
-        "results/{task}/augmented/part_{i}.json",
+        output="results/{task}/augmented/part_{scatteritem}.json",
     log:
-        "logs/{task}/augment_{i}.log",
+        "logs/{task}/augment_{scatteritem}.log",
     benchmark:
-        "benchmarks/{task}/augment_{i}.tsv"
+        "logs/timing/{task}/augment_{scatteritem}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: config["augment"]["threads"]
@@ -46,29 +46,27 @@ rule augment_shard:
         mem_mb=16000,
         runtime=config["augment"]["runtime"],
     params:
-        index=lambda wc: int(wc.i),
-        num_shards=config["augment"]["num_shards"],
+        shard_index=scatter_index,
+        num_shards=scatter_count,
         settings=augment_settings,
     script:
-        "../scripts/augment_shard.py"
+        "../scripts/run_stage.py"
 
 
 rule augment_gather:
     input:
-        train=lambda wc: config["tasks"][wc.task]["train"]["path"],
-        parts=lambda wc: expand(
-            "results/{task}/augmented/part_{i}.json",
-            task=wc.task,
-            i=range(config["augment"]["num_shards"]),
+        train=task_data("train"),
+        parts=lambda wc: gather.augment(
+            "results/{task}/augmented/part_{scatteritem}.json", task=wc.task
         ),
     output:
-        train="results/{task}/augmented/train_aug.{ext}",
-        stats="results/{task}/augmented/train_aug.{ext}.stats.json",
-        samples="results/{task}/augmented/train_aug.{ext}.samples.json",
+        output="results/{task}/augmented/train_aug.{ext}",
+        stats_output="results/{task}/augmented/train_aug.{ext}.stats.json",
+        samples_output="results/{task}/augmented/train_aug.{ext}.samples.json",
     log:
         "logs/{task}/augment_gather_{ext}.log",
     benchmark:
-        "benchmarks/{task}/augment_gather_{ext}.tsv"
+        "logs/timing/{task}/augment_gather_{ext}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -76,4 +74,4 @@ rule augment_gather:
         mem_mb=8000,
         runtime=60,
     script:
-        "../scripts/augment_gather.py"
+        "../scripts/run_stage.py"

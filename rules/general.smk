@@ -6,11 +6,11 @@ rule general_phase1:
         teacher=general_teacher_dir(),
         shards=phase_shards("phase1"),
     output:
-        directory("results/general/phase1"),
+        output=directory("results/general/phase1"),
     log:
         "logs/general/phase1.log",
     benchmark:
-        "benchmarks/general/phase1.tsv"
+        "logs/timing/general/phase1.tsv"
     conda:
         "../envs/torch.yaml"
     threads: config["general"]["phase1"]["threads"]
@@ -22,9 +22,10 @@ rule general_phase1:
         train=lambda wc: config["general"]["phase1"]["train"],
         losses=lambda wc: config["general"]["losses"],
         student=lambda wc: config["student"],
+        phase="phase1",
         snapshot_dir="results/general/.phase1.snapshots",
     script:
-        "../scripts/general.py"
+        "../scripts/run_stage.py"
 
 
 rule general_phase2:
@@ -33,11 +34,11 @@ rule general_phase2:
         shards=phase_shards("phase2"),
         init="results/general/phase1",
     output:
-        directory("results/general/phase2"),
+        output=directory("results/general/phase2"),
     log:
         "logs/general/phase2.log",
     benchmark:
-        "benchmarks/general/phase2.tsv"
+        "logs/timing/general/phase2.tsv"
     conda:
         "../envs/torch.yaml"
     threads: config["general"]["phase2"]["threads"]
@@ -48,7 +49,7 @@ rule general_phase2:
     params:
         train=lambda wc: config["general"]["phase2"]["train"],
         losses=lambda wc: config["general"]["losses"],
-        student=None,
+        phase="phase2",
         snapshot_dir="results/general/.phase2.snapshots",
     script:
-        "../scripts/general.py"
+        "../scripts/run_stage.py"

@@ -3,19 +3,18 @@
 
 wildcard_constraints:
     seq=r"\d+",
-    i=r"\d+",
 
 
 rule corpus:
     input:
-        corpus_inputs,
+        local_paths(config["corpus"]["sources"]),
     output:
-        sentences="results/corpus/sentences.txt",
-        stats="results/corpus/stats.json",
+        output="results/corpus/sentences.txt",
+        stats_output="results/corpus/stats.json",
     log:
         "logs/pretraining/corpus.log",
     benchmark:
-        "benchmarks/pretraining/corpus.tsv"
+        "logs/timing/pretraining/corpus.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -26,19 +25,19 @@ rule corpus:
         sources=lambda wc: config["corpus"]["sources"],
         punkt_train_chars=config["corpus"]["punkt_train_chars"],
     script:
-        "../scripts/corpus.py"
+        "../scripts/run_stage.py"
 
 
 rule pretraining_shard:
     input:
         sentences="results/corpus/sentences.txt",
-        teacher=general_teacher_dir(),
+        vocab=general_teacher_dir(),
     output:
-        "results/shards/seq{seq}/shard_{i}.hdf5",
+        output="results/shards/seq{seq}/shard_{scatteritem}.hdf5",
     log:
-        "logs/pretraining/shard_seq{seq}_{i}.log",
+        "logs/pretraining/shard_seq{seq}_{scatteritem}.log",
     benchmark:
-        "benchmarks/pretraining/shard_seq{seq}_{i}.tsv"
+        "logs/timing/pretraining/shard_seq{seq}_{scatteritem}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -46,9 +45,9 @@ rule pretraining_shard:
         mem_mb=8000,
         runtime=240,
     params:
-        index=lambda wc: int(wc.i),
-        num_shards=config["shards"]["num_shards"],
+        shard_index=scatter_index,
+        num_shards=scatter_count,
         seed=config["shards"]["seed"],
         settings=shard_settings,
     script:
-        "../scripts/shard.py"
+        "../scripts/run_stage.py"

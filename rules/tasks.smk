@@ -2,21 +2,21 @@
 
 
 wildcard_constraints:
-    task="squad|sst2",
+    task="|".join(task_names()) or "none",
 
 
 rule task_features:
     input:
         train=task_train_path,
-        dev=lambda wc: config["tasks"][wc.task]["dev"]["path"],
-        teacher=general_teacher_dir(),  # every teacher shares the base teacher's vocab (checked)
+        dev=task_data("dev"),
+        vocab=general_teacher_dir(),  # every teacher shares the base teacher's vocab (checked)
     output:
-        train="results/{task}/features/train.hdf5",
-        dev="results/{task}/features/dev.hdf5",
+        train_output="results/{task}/features/train.hdf5",
+        dev_output="results/{task}/features/dev.hdf5",
     log:
         "logs/{task}/features.log",
     benchmark:
-        "benchmarks/{task}/features.tsv"
+        "logs/timing/{task}/features.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -26,19 +26,19 @@ rule task_features:
     params:
         settings=lambda wc: config["tasks"][wc.task]["features"],
     script:
-        "../scripts/task_features.py"
+        "../scripts/run_stage.py"
 
 
 rule finetune_features:
     input:
-        train=lambda wc: config["tasks"][wc.task]["train"]["path"],
-        teacher=general_teacher_dir(),
+        train=task_data("train"),
+        vocab=general_teacher_dir(),
     output:
-        "results/{task}/features/train_original.hdf5",
+        output="results/{task}/features/train_original.hdf5",
     log:
         "logs/{task}/finetune_features.log",
     benchmark:
-        "benchmarks/{task}/finetune_features.tsv"
+        "logs/timing/{task}/finetune_features.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -48,7 +48,7 @@ rule finetune_features:
     params:
         settings=lambda wc: config["tasks"][wc.task]["features"],
     script:
-        "../scripts/finetune_features.py"
+        "../scripts/run_stage.py"
 
 
 rule teacher_logits:
@@ -56,11 +56,11 @@ rule teacher_logits:
         teacher=task_teacher_dir,
         features="results/{task}/features/train.hdf5",
     output:
-        "results/{task}/teacher_logits.hdf5",
+        output="results/{task}/teacher_logits.hdf5",
     log:
         "logs/{task}/teacher_logits.log",
     benchmark:
-        "benchmarks/{task}/teacher_logits.tsv"
+        "logs/timing/{task}/teacher_logits.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 4
@@ -71,4 +71,4 @@ rule teacher_logits:
     params:
         batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
     script:
-        "../scripts/teacher_logits.py"
+        "../scripts/run_stage.py"

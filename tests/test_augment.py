@@ -1,4 +1,4 @@
-"""Augmentation: candidates equal a straightforward per-word, batch-1 implementation of recipe.md §6."""
+"""Augmentation: candidates equal a straightforward per-word, batch-1 implementation of docs/reference.md#augmentation."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from taskdata import write_squad
-from textdata import DOCUMENTS, write_vocab
+from helpers import write_squad
+from helpers import DOCUMENTS, write_corpus_vocab
 
 from bertdistill.augment import (
     AugmentSettings,
     Augmentor,
     WordVectors,
     augment_squad_paragraphs,
-    augment_sst2,
+    augment_classification,
     convert_vectors,
     generate,
 )
@@ -34,7 +34,7 @@ EXTRA = "the riverbanks near the farmhouse flooded while the shepherds gathered 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("aug")
-    vocab = write_vocab(tmp / "vocab.txt")
+    vocab = write_corpus_vocab(tmp / "vocab.txt")
     tokens = read_vocab(vocab)
     torch.manual_seed(0)
     hc = transformers.BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -89,16 +89,33 @@ def test_vector_neighbours_match_numpy(setup):
 
 def test_output_does_not_depend_on_the_shard_count(setup):
     ours, _, _ = setup
-    sentences = [d.split(".")[0] for d in DOCUMENTS] + [EXTRA]
-    labels = [i % 2 for i in range(len(sentences))]
+    sentences = [(d.split(".")[0],) for d in DOCUMENTS] + [(EXTRA,)]
     s = AugmentSettings(n=5, m=6, seed=3)
-    whole, stats, _ = augment_sst2(ours, sentences, labels, list(range(len(sentences))), s)
+    whole, stats, _ = augment_classification(ours, sentences, list(range(len(sentences))), s)
     parts = [g for shard in range(3)
-             for g in augment_sst2(ours, sentences, labels, list(range(shard, len(sentences), 3)), s)[0]]
+             for g in augment_classification(ours, sentences, list(range(shard, len(sentences), 3)), s)[0]]
     assert sorted(parts) == whole  # the same variants for every text, whatever the split
-    assert all(variants[0] == sentences[i] and y == labels[i] for i, variants, y in whole)
+    assert all(rows[0] == list(sentences[i]) for i, rows in whole)
     assert stats.texts == len(sentences)
-    assert stats.augmented_examples == sum(len(v) - 1 for _, v, _ in whole) > 0
+    assert stats.augmented_examples == sum(len(rows) - 1 for _, rows in whole) > 0
+
+
+def test_sentence_pairs_augment_each_column_in_turn(setup):
+    """A pair task: every variant row changes exactly one of the two texts (TinyBERT augments each
+    text column with the other kept), the original row comes first and no row repeats."""
+    ours, _, _ = setup
+    pairs = [(DOCUMENTS[0].split(".")[0], DOCUMENTS[2].split(".")[0]), (EXTRA, DOCUMENTS[3].split(".")[1])]
+    s = AugmentSettings(n=4, m=6, seed=1)
+    groups, stats, _ = augment_classification(ours, pairs, [0, 1], s)
+    assert stats.texts == 4
+    for i, rows in groups:
+        assert rows[0] == list(pairs[i]) and len({tuple(r) for r in rows}) == len(rows)
+        changed = [[a != b for a, b in zip(r, pairs[i])] for r in rows[1:]]
+        assert changed and all(sum(c) == 1 for c in changed)
+        assert {c.index(True) for c in changed} == {0, 1}  # both columns were augmented
+    # The first column of a pair is seeded like a single sentence at index 2*i: same variants.
+    single, _, _ = augment_classification(ours, [(p[0],) for p in pairs for _ in (0, 1)], [0, 2], s)
+    assert [r[0] for r in groups[1][1] if r[1] == pairs[1][1]] == [r[0] for r in single[1][1]]
 
 
 def test_squad_answer_spans_always_match(setup, tmp_path):

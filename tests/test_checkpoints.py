@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import hf_config, random_batch, write_vocab
+from helpers import hf_config, ngc_state_dict, random_batch, write_vocab
 
 from bertdistill.checkpoints import (
     CheckpointError,
@@ -21,18 +21,6 @@ from bertdistill.checkpoints import (
 from bertdistill.model import BertConfig, build_model
 
 TOL = 1e-5
-
-
-def ngc_state_dict(hf_model) -> dict[str, torch.Tensor]:
-    """Rename a transformers state dict the way NVIDIA's modeling.py names things."""
-    out = {}
-    for k, v in hf_model.state_dict().items():
-        k = k if k.startswith(("bert.", "cls.", "qa_outputs.", "classifier.")) else "bert." + k
-        k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
-        k = k.replace("intermediate.dense.", "intermediate.dense_act.").replace("pooler.dense.", "pooler.dense_act.")
-        k = k.replace("transform.dense.", "transform.dense_act.")
-        out[k] = v.clone()
-    return out
 
 
 def write_ngc_folder(folder: Path, hf_model, vocab_lines: int = 30522) -> Path:

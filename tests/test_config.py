@@ -73,3 +73,116 @@ def test_conda_env_matches_pyproject():
     conda = {re.split(r"[<>=! ]", d, maxsplit=1)[0].lower() for d in env["dependencies"] if isinstance(d, str)}
     conda = {"torch" if n == "pytorch" else n for n in conda}
     assert names <= conda, names - conda
+
+
+def _resolve(node: dict, schema: dict) -> dict:
+    while "$ref" in node:
+        target = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def test_every_schema_key_is_described():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    missing = []
+
+    def walk(node, path):
+        node = _resolve(node, schema)
+        for key, sub in node.get("properties", {}).items():
+            if not _resolve(sub, schema).get("description"):
+                missing.append(f"{path}.{key}")
+            walk(sub, f"{path}.{key}")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(schema, "config")
+    assert not missing, missing
+
+
+SCHEMA_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+@pytest.mark.parametrize("cls, where, skip", [
+    ("TrainConfig", "$defs/train", ()),
+    ("BackboneLossConfig", "$defs/losses", ()),
+    ("ShardSettings", "properties/shards", ("max_seq_length", "max_predictions", "num_shards", "seed")),
+    ("AugmentSettings", "properties/augment", ("n", "mlm", "num_shards", "gpus", "threads", "runtime")),
+    ("AugmentSettings", "$defs/task/properties/augment", ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "enabled")),
+    ("FeatureSettings", "$defs/task/properties/features", ()),
+    ("ClozeSettings", "properties/data/properties/squad_cloze", ()),
+])
+def test_settings_dataclasses_equal_their_schema_blocks(cls, where, skip):
+    """One source of defaults: each settings dataclass and its schema block have the same fields,
+    types, choices and defaults (the schema's defaults are what Snakemake fills in)."""
+    import typing
+
+    from bertdistill import settings
+    from bertdistill.settings import literal_choices
+    from bertdistill.stages.registry import dataclass_fields, unwrap_optional
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    node = schema
+    for part in where.split("/"):
+        node = node[part]
+    props = {k: _resolve(v, schema) for k, v in node["properties"].items() if k not in skip}
+    fields = {k: v for k, v in dataclass_fields(getattr(settings, cls)).items() if k not in skip}
+    assert set(props) == set(fields)
+    for name, (hint, default, doc) in fields.items():
+        prop = props[name]
+        assert doc, f"{cls}.{name} has no description in the docstring"
+        if default is not None or "default" in prop:
+            expected = list(default) if isinstance(default, tuple) else default
+            assert prop.get("default") == expected, (cls, name)
+        choices = literal_choices(hint)
+        if choices is not None:
+            assert set(prop["enum"]) == set(choices), (cls, name)
+            continue
+        base, optional = unwrap_optional(hint)
+        types = prop.get("type", [])
+        types = {types} if isinstance(types, str) else set(types)
+        if base in SCHEMA_TYPES:
+            allowed = {SCHEMA_TYPES[base]} | ({"integer"} if base is float else set())
+            assert types - {"null"} <= allowed and types & allowed, (cls, name, types)
+            assert ("null" in types) == (optional and "default" in prop and prop["default"] is None) or not optional
+        elif typing.get_origin(base) in (tuple, list):
+            assert types == {"array"} or "oneOf" in prop, (cls, name)
+
+
+def test_shipped_config_is_explicit():
+    """config/config.yaml spells out every setting the schema has a default for (outside train
+    blocks, which give what they change from TrainConfig's defaults, asset sources, the resource
+    keys gpus/threads/runtime, and SQuAD-only keys of classification tasks)."""
+    from bertdistill.tasks import get_task
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    implicit = []
+
+    def walk(value, node, path):
+        ref = node.get("$ref", "")
+        if ref in ("#/$defs/train", "#/$defs/source", "#/$defs/corpus_source", "#/$defs/teacher"):
+            return
+        node = _resolve(node, schema)
+        if isinstance(value, dict):
+            for key, sub in node.get("properties", {}).items():
+                if key in value:
+                    walk(value[key], sub, f"{path}.{key}")
+                elif "default" in sub and key not in ("augmented", "gpus", "threads", "runtime"):
+                    task = path.split(".")[2] if path.startswith("config.tasks.") else None
+                    squad_only = _resolve(sub, schema).get("description", "").startswith("SQuAD:")
+                    if not (squad_only and task and get_task(task).head != "qa"):
+                        implicit.append(f"{path}.{key}")
+            extra = node.get("additionalProperties")
+            if isinstance(extra, dict):
+                for key, sub in value.items():
+                    walk(sub, extra, f"{path}.{key}")
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for i, item in enumerate(value):
+                walk(item, node["items"], f"{path}[{i}]")
+
+    walk(config, schema, "config")
+    assert not implicit, implicit

@@ -124,7 +124,7 @@ def test_attention_loss(kind, masking):
 
 
 def test_attention_kl_faithful_is_the_references_expression():
-    """recipe.md §4.4: KLDivLoss(batchmean)(log_softmax(S_s'), softmax(S_t')) / (heads · L)."""
+    """docs/reference.md#losses: KLDivLoss(batchmean)(log_softmax(S_s'), softmax(S_t')) / (heads · L)."""
     mask = mask_rows()
     s, t = scores(2, mask), scores(3, mask)
     z = lambda x: torch.where(x <= -100, torch.zeros_like(x), x)  # noqa: E731

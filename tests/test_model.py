@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import hf_config, random_batch
+from helpers import hf_config, random_batch
 
 from bertdistill.model import BertConfig, build_model
 

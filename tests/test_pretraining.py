@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from textdata import DOCUMENTS, tiny_teacher, write_corpus, write_vocab
+from helpers import DOCUMENTS, tiny_teacher, write_corpus, write_corpus_vocab
 
 from bertdistill.checkpoints import read_vocab
 from bertdistill.data.corpus import CorpusError, prepare_corpus, read_sentence_documents, train_punkt, wiki_documents
@@ -35,7 +35,7 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def vocab(tmp_path):
-    return write_vocab(tmp_path / "vocab.txt")
+    return write_corpus_vocab(tmp_path / "vocab.txt")
 
 
 def test_punkt_trains_offline(monkeypatch, tmp_path):
@@ -126,6 +126,7 @@ def test_shard_instances_follow_the_recipe(tmp_path, corpus, vocab):
     assert 0.3 < data.nsp.mean() < 0.7  # about half random next
 
 
+@pytest.mark.slow
 def test_shards_do_not_depend_on_the_number_of_jobs(tmp_path, corpus, vocab):
     sentences = _sentences(tmp_path, corpus)
     settings = '{"max_seq_length": 64, "dupe_factor": 2}'
@@ -133,7 +134,7 @@ def test_shards_do_not_depend_on_the_number_of_jobs(tmp_path, corpus, vocab):
         make_shard(sentences, vocab, tmp_path / "seq" / f"shard_{i}.hdf5", i, 3, 5, ShardSettings(max_seq_length=64, dupe_factor=2))
     procs = [subprocess.Popen([sys.executable, "-m", "bertdistill", "shards", "--sentences", str(sentences),
                                "--vocab", str(vocab), "--output", str(tmp_path / "par" / f"shard_{i}.hdf5"),
-                               "--index", str(i), "--num-shards", "3", "--seed", "5", "--settings", settings])
+                               "--shard-index", str(i), "--num-shards", "3", "--seed", "5", "--settings", settings])
              for i in range(3)]  # three concurrent jobs
     assert all(p.wait() == 0 for p in procs)
     for i in range(3):
@@ -223,6 +224,7 @@ def test_general_stage_refuses_a_student_with_another_vocab(tmp_path, corpus):
     other = tiny_teacher(tmp_path / "student_init", seed=1)
     (other / "vocab.txt").write_text((other / "vocab.txt").read_text().replace("river", "rivers"))
     with pytest.raises(CheckpointError) as e:
-        general_distill(teacher, [tmp_path / "none.hdf5"], tmp_path / "out", train={"max_steps": 1}, init=other)
+        general_distill(teacher, [tmp_path / "none.hdf5"], tmp_path / "out", train={"max_steps": 1}, losses={},
+                        phase="phase2", init=other)
     assert str(other / "vocab.txt") in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()

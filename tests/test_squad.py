@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from textdata import write_vocab
+from helpers import write_corpus_vocab
 
 from bertdistill.data.squad import (
     SquadError,
@@ -68,12 +68,12 @@ def squad_json(paragraphs, repeat_long=0):
 
 
 def _vocab(tmp_path):
-    from textdata import DOCUMENTS
+    from helpers import DOCUMENTS
 
     extra = " ".join(c for c, _ in PARAGRAPHS) + " Filler sentence number one about nothing in particular"
     DOCUMENTS.append(extra)
     try:
-        return write_vocab(tmp_path / "vocab.txt")
+        return write_corpus_vocab(tmp_path / "vocab.txt")
     finally:
         DOCUMENTS.pop()
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from taskdata import task_teacher, write_squad, write_sst2
+from helpers import general_student, task_teacher, write_squad, write_sst2
 
 from bertdistill import stages
 from bertdistill.checkpoints import load_model, save_model
-from bertdistill.data.sst2 import Sst2Error, read_sst2_tsv, write_sst2_tsv
+from bertdistill.data.glue import GlueError, read_sst2_tsv, write_sst2_tsv
 from bertdistill.model import BertConfig, BertModel
 from bertdistill.objectives import PredictionObjective, make_projection
 from bertdistill.tasks import read_h5
@@ -23,20 +23,8 @@ def test_tsv_round_trip(tmp_path):
     s, y = read_sst2_tsv(tmp_path / "t.tsv")
     assert s == ["a fine film", "tabs and new lines", "quotes \"stay\" as they are"] and y == [1, 0, 1]
     (tmp_path / "bad.tsv").write_text("sentence\tlabel\ngood\t1\nbroken line\n")
-    with pytest.raises(Sst2Error, match=r"bad.tsv:3: expected"):
+    with pytest.raises(GlueError, match=r"bad.tsv:3: expected"):
         read_sst2_tsv(tmp_path / "bad.tsv")
-
-
-def _student_from(general_dir, teacher_dir, tmp_path):
-    """A 'general' student folder (encoder + projection) sharing the teacher's vocab."""
-    tcfg = load_model(teacher_dir).config
-    torch.manual_seed(3)
-    student = BertModel(BertConfig(vocab_size=tcfg.vocab_size, hidden_size=16, num_hidden_layers=2,
-                                   num_attention_heads=4, intermediate_size=32, max_position_embeddings=128),
-                        add_pooling_layer=False)
-    save_model(student, general_dir, vocab=teacher_dir / "vocab.txt",
-               projection=make_projection(student.config, tcfg, 0), overwrite=True)
-    return general_dir
 
 
 @pytest.mark.parametrize("task", ["sst2", "squad"])
@@ -54,15 +42,17 @@ def test_task_stages_end_to_end(tmp_path, task):
                                   tmp_path / "f/dev.hdf5", settings)
     assert counts["train"] > 0 and counts["dev"] > 0
     stages.task_teacher_logits(task, teacher, tmp_path / "f/train.hdf5", tmp_path / "logits.hdf5", batch_size=8)
-    general = _student_from(tmp_path / "general", teacher, tmp_path)
+    general = general_student(tmp_path / "general", teacher)
     stages.task_backbone(task, teacher, general, tmp_path / "f/train.hdf5", tmp_path / "backbone",
-                         train={"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "dynamic_padding": False})
+                         train={"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "dynamic_padding": False},
+                         losses={})
     stages.task_prediction(task, teacher, tmp_path / "backbone", tmp_path / "f/train.hdf5", tmp_path / "f/dev.hdf5",
                            dev, tmp_path / "prediction", train={"epochs": 2, "batch_size": 8, "lr": 3e-5,
                                                                 "eval_every": 2, "keep": "best", "dynamic_padding": False},
+                           temperature=1.0, eval_batch_size=64, n_best=20, max_answer_length=30,
                            teacher_logits=tmp_path / "logits.hdf5")
     metrics = stages.task_final(task, tmp_path / "prediction", teacher, tmp_path / "f/dev.hdf5", dev, tmp_path / "final",
-                                stages={"backbone": tmp_path / "backbone", "prediction": tmp_path / "prediction"})
+                                eval_batch_size=64, n_best=20, max_answer_length=30, backbone=tmp_path / "backbone")
     key = "accuracy" if task == "sst2" else "f1"
     assert set(metrics["student"]) >= {key} and set(metrics["teacher"]) >= {key}
     assert metrics["student_parameters"] < metrics["teacher_parameters"]
@@ -107,7 +97,7 @@ def test_cached_logits_give_the_live_teacher_loss(tmp_path):
 def test_sorted_trimmed_prediction_equals_full_length(tmp_path, head):
     """Longest-first batches cut to their longest row give every row's logits at full length,
     in the input order (padding positions of QA rows are -10000)."""
-    from bertdistill.tasks import predict_logits
+    from bertdistill.inference import predict_logits
 
     model = load_model(task_teacher(tmp_path / "t", head), head=head)
     g = torch.Generator().manual_seed(0)

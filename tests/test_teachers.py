@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from taskdata import task_teacher, write_sst2
-from textdata import tiny_teacher, write_corpus
+from helpers import task_teacher, write_sst2
+from helpers import tiny_teacher, write_corpus
 
 from bertdistill import stages
 from bertdistill.checkpoints import load_model
@@ -21,7 +21,8 @@ def test_adapt_mlm_trains_a_tied_head_and_reports_accuracy(tmp_path):
         make_shard(tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / f"shard_{i}.hdf5", i, 2, 1,
                    ShardSettings(max_seq_length=64, dupe_factor=3))
     metrics = stages.adapt_mlm(teacher, [tmp_path / "shard_0.hdf5"], [tmp_path / "shard_1.hdf5"], tmp_path / "mlm",
-                               train={"max_steps": 30, "batch_size": 8, "lr": 2e-3, "schedule": "constant"})
+                               train={"max_steps": 30, "batch_size": 8, "lr": 2e-3, "schedule": "constant"},
+                               heldout_examples=1024)
     before, after = metrics["heldout_before"], metrics["heldout_after"]
     assert before["masked_tokens"] == after["masked_tokens"] > 50
     assert after["top1_accuracy"] > before["top1_accuracy"]  # it learned something from 30 steps
@@ -38,7 +39,8 @@ def test_finetune_teacher_records_dev_metric(tmp_path):
     selection = stages.finetune_teacher("sst2", base, tmp_path / "train.hdf5", tmp_path / "dev.hdf5",
                                         data / "dev.tsv", tmp_path / "ft",
                                         train={"epochs": 20, "batch_size": 16, "lr": 2e-3, "eval_every": 8, "schedule": "constant",
-                                               "keep": "best", "dynamic_padding": False})
+                                               "keep": "best", "dynamic_padding": False},
+                                        eval_batch_size=64, n_best=20, max_answer_length=30)
     record = json.loads((tmp_path / "ft" / "distill.json").read_text())
     assert record["selection"]["keep"] == "best" and selection["best_metric"] is not None
     assert all("accuracy" in h for h in record["selection"]["history"])

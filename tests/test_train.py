@@ -105,6 +105,7 @@ def test_trim_padding_rounds_to_eight():
     assert batch["input_ids"].shape == (2, 16) and batch["teacher_logits"].shape == (2, 2, 16)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     full = child(tmp_path / "full", "--steps", "10", "--snapshot-every", "3")
     assert full.returncode == 0, full.stderr
@@ -133,6 +134,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert not (tmp_path / "killed" / "snapshots").exists()  # cleared once the output exists
 
 
+@pytest.mark.slow
 def test_sigterm_snapshots_and_exits_then_resumes(tmp_path):
     full = child(tmp_path / "full", "--steps", "8", "--snapshot-every", "100", "--accum", "2")
     assert full.returncode == 0, full.stderr
@@ -162,6 +164,7 @@ def test_changed_settings_do_not_resume_a_stale_snapshot(tmp_path):
     assert list(tmp_path.glob("r/snapshots.stale-*"))  # moved aside, not deleted
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_with_double_batch(tmp_path):
     pytest.importorskip("torch.distributed")
     args = ["--steps", "6", "--dropout", "0", "--no-dynamic-padding", "--optimizer", "adamw"]
@@ -246,20 +249,25 @@ def test_mixed_precision_runs(tmp_path, precision):
 
 
 def test_saved_output_records_selection(tmp_path):
+    """The stages' train-and-save skeleton: the output holds the student, its projection, train.csv
+    and distill.json (settings, selection); the snapshots are gone."""
     import json
 
-    from bertdistill.stages import save_trained
+    from bertdistill.stages.common import train_and_save
 
     objective, teacher = _tiny_objective()
     cfg = TrainConfig(max_steps=2, batch_size=8, lr=1e-2, log_every=1)
-    result = Trainer(cfg, tmp_path / "s").fit(objective, _tiny_data(), teacher=teacher)
-    out = save_trained(objective, result, tmp_path / "out", cfg, settings={"stage": "test"})
+    result = train_and_save(objective, _tiny_data(), train=cfg, output=tmp_path / "out", snapshot_dir=None,
+                            record={"stage": "test"}, vocab=None, teacher=teacher)
+    out = tmp_path / "out"
     record = json.loads((out / "distill.json").read_text())
-    assert record["selection"]["keep"] == "last" and record["selection"]["selected_step"] == 2
+    assert record["selection"]["keep"] == "last" and record["selection"]["selected_step"] == 2 == result.steps
     assert record["train"]["lr"] == 1e-2 and record["stage"] == "test"
-    assert (out / "projection.safetensors").is_file()
+    assert (out / "projection.safetensors").is_file() and len((out / "train.csv").read_text().splitlines()) == 3
+    assert not (tmp_path / ".out.snapshots").exists()
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     """train.compile (torch.compile of the objective and the teacher targets) gives the eager
     run's loss curve and weights; dynamic padding compiles each padded length once."""

@@ -14,51 +14,11 @@ import pytest
 import torch
 import transformers
 import yaml
-from conftest import hf_config, random_batch, write_vocab
-from test_checkpoints import ngc_state_dict
+from helpers import REPO, copy_workflow, hf_config, ngc_state_dict, planned_jobs, random_batch, smk, write_vocab
 
 from bertdistill.checkpoints import load_model
 
-REPO = Path(__file__).resolve().parents[1]
-COPY = ("Snakefile", "rules", "scripts", "schemas", "profiles", "envs", "config", "report")
-
-
-def smk(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wd, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def planned_jobs(r: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule -> count from the 'Job stats' table of a dry run."""
-    jobs, in_table = {}, False
-    for line in (r.stdout + r.stderr).splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                if parts[0] != "total":
-                    jobs[parts[0]] = int(parts[1])
-            elif parts and not set(line.strip()) <= {"-", " "}:
-                in_table = False
-    return jobs
-
-
-def copy_workflow(tmp_path: Path) -> Path:
-    """The workflow's code and config in a fresh folder (its own .snakemake, results, logs)."""
-    wd = tmp_path / "wf"
-    wd.mkdir()
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, wd / name)
-        elif src.exists():
-            shutil.copy(src, wd / name)
-    return wd
-
+pytestmark = pytest.mark.slow  # Snakemake runs
 
 @pytest.fixture
 def workdir(tmp_path, http_server):
@@ -131,7 +91,7 @@ def test_run_rerun_and_targeted_rerun(workdir):
         assert (enc(ids, mask, types).last_hidden_state - ref).abs().max() < 1e-5
     summary = json.loads((wd / "resources/teachers/squad.json").read_text())
     assert summary["layers"] == 3 and summary["parameters"] == qa.bert.num_parameters()
-    assert (wd / "benchmarks/assets/import_teacher_base.tsv").is_file()
+    assert (wd / "logs/timing/assets/import_teacher_base.tsv").is_file()
 
     again = smk(wd, "--cores", "2", *TARGETS)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -8,39 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from textdata import tiny_teacher, write_corpus
-from test_workflow import copy_workflow, planned_jobs, smk
+from helpers import planned_jobs, smk, tiny_teacher, write_corpus
 
 from bertdistill.checkpoints import load_model, load_projection
 
-
-def tiny_config(tmp_path: Path) -> dict:
-    teacher = tiny_teacher(tmp_path / "teacher")
-    corpus = write_corpus(tmp_path / "corpus", copies=3)
-    train = {"batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "snapshot_every": 2, "log_every": 1}
-    return {
-        "teachers": {"base": {"source": {"path": str(teacher)}}},
-        "corpus": {"sources": [{"path": str(corpus)}], "punkt_train_chars": 100000},
-        "shards": {"num_shards": 2, "dupe_factor": 2, "max_predictions": {"64": 8, "128": 16}},
-        "student": {"num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 4},
-        "general": {
-            "teacher": "base",
-            "losses": {"layer_map": "uniform"},
-            "phase1": {"seq": 64, "train": {**train, "max_steps": 6}},
-            "phase2": {"seq": 128, "train": {**train, "max_steps": 3, "batch_size": 2}},
-        },
-    }
+pytestmark = pytest.mark.slow  # Snakemake and torchrun runs
 
 
-@pytest.fixture
-def workdir(tmp_path):
-    wd = copy_workflow(tmp_path)
-    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
-    return wd
-
-
-def test_general_phases_run_rerun_and_targeted_rerun(workdir):
-    wd = workdir
+def test_general_phases_run_rerun_and_targeted_rerun(tiny_workdir):
+    wd = tiny_workdir
     target = "results/general/phase2"
     dry = smk(wd, "-n", "--cores", "2", target)
     assert planned_jobs(dry) == {"import_teacher": 1, "corpus": 1, "pretraining_shard": 4,
@@ -82,10 +58,10 @@ def test_phase2_really_starts_from_phase1(tmp_path):
     make_shard(tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / "shard.hdf5", 0, 1, 1, ShardSettings(max_seq_length=64))
     student = {"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 4}
     general_distill(teacher, [tmp_path / "shard.hdf5"], tmp_path / "p1", train={"max_steps": 2, "batch_size": 4},
-                    student=student)
+                    losses={}, phase="phase1", student=student)
     general_distill(teacher, [tmp_path / "shard.hdf5"], tmp_path / "p2",
                     train={"max_steps": 2, "batch_size": 4, "lr": 1e-30, "schedule": "constant", "weight_decay": 0.0},
-                    init=tmp_path / "p1")
+                    losses={}, phase="phase2", init=tmp_path / "p1")
     a, b = load_model(tmp_path / "p1").state_dict(), load_model(tmp_path / "p2").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert torch.allclose(load_projection(tmp_path / "p1").weight, load_projection(tmp_path / "p2").weight, atol=1e-6)

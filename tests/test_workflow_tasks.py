@@ -1,19 +1,20 @@
-"""SQuAD and SST-2 task distillation through Snakemake on a tiny config: end to end, then a no-op rerun."""
+"""Task distillation through Snakemake on a tiny config: SQuAD and SST-2 end to end, a sentence-pair
+task (registered, not special-cased) end to end; then no-op and targeted reruns."""
 
 from __future__ import annotations
 
 import json
 
 import yaml
-from taskdata import task_teacher, write_glove, write_squad, write_sst2
-from test_workflow import planned_jobs, smk
-from test_workflow_general import tiny_config, workdir  # noqa: F401 - fixture
+import pytest
+from helpers import PAIR, planned_jobs, smk, task_teacher, write_glove, write_pair_task, write_squad, write_sst2
 
 from bertdistill.checkpoints import load_model
 
 
-def test_squad_and_sst2_end_to_end(workdir, tmp_path):  # noqa: F811
-    wd = workdir
+@pytest.mark.slow
+def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
+    wd = tiny_workdir
     config = yaml.safe_load((wd / "config/config.yaml").read_text())
     squad_dir, sst2_dir = write_squad(tmp_path / "squad"), write_sst2(tmp_path / "sst2")
     config["teachers"]["squad"] = {"source": {"path": str(task_teacher(tmp_path / "t_squad", "qa"))}, "head": "qa"}
@@ -76,3 +77,60 @@ def test_squad_and_sst2_end_to_end(workdir, tmp_path):  # noqa: F811
 
     again = smk(wd, "--cores", "2", *targets)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_sentence_pair_task_end_to_end(tiny_workdir, tmp_path):
+    """A GLUE sentence-pair task (RTE layout, synthetic data) goes through augmentation, teacher
+    fine-tuning, features, backbone, prediction and final like SST-2 does: the task registry is the
+    only place that knows it is a pair task."""
+    import h5py
+
+    from bertdistill.data.glue import read_glue_tsv
+
+    wd = tiny_workdir
+    config = yaml.safe_load((wd / "config/config.yaml").read_text())
+    data = write_pair_task(tmp_path / "rte")
+    train = {"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "log_every": 1}
+    config["tasks"] = {"rte": {
+        "teacher": "finetune", "init": "phase1",
+        "train": {"path": str(data / "train.tsv")}, "dev": {"path": str(data / "dev.tsv")},
+        "features": {"max_seq_length": 48}, "augment": {"enabled": True, "n": 3},
+        "finetune": {"train": {**train, "epochs": 2, "lr": 1e-3, "eval_every": 5, "keep": "best"}},
+        "backbone": {"train": train},
+        "prediction": {"train": {**train, "epochs": 2, "eval_every": 4, "keep": "best"}},
+    }}
+    config["teachers"]["mlm"] = {"source": {"path": str(task_teacher(tmp_path / "t_mlm", "mlm"))}, "head": "mlm"}
+    config["vectors"] = {"source": {"path": str(write_glove(tmp_path / "glove.txt"))}}
+    config["augment"] = {"mlm": "mlm", "num_shards": 2, "m": 5}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/rte_final"
+    jobs = planned_jobs(smk(wd, "-n", "--cores", "2", target))
+    assert {k: jobs.get(k) for k in ("augment_shard", "augment_gather", "finetune_features", "finetune_teacher",
+                                     "task_features", "teacher_logits", "task_backbone", "task_prediction",
+                                     "task_final")} == {"augment_shard": 2, "augment_gather": 1,
+                                                         "finetune_features": 1, "finetune_teacher": 1,
+                                                         "task_features": 1, "teacher_logits": 1,
+                                                         "task_backbone": 1, "task_prediction": 1, "task_final": 1}
+    smk(wd, "--cores", "2", target)
+
+    # Augmented pairs: the task's own layout, every original row, variants that change one text.
+    aug = read_glue_tsv(wd / "results/rte/augmented/train_aug.tsv", PAIR)
+    original = read_glue_tsv(data / "train.tsv", PAIR)
+    assert set(original.texts) <= set(aug.texts) and len(aug.texts) > len(original.texts)
+    label_of = dict(zip(original.texts, original.labels, strict=True))
+    for (a, b), y in zip(aug.texts, aug.labels, strict=True):
+        assert any(label_of.get(t) == y for t in label_of if t[0] == a or t[1] == b)
+    with h5py.File(wd / "results/rte/features/train.hdf5") as f:  # [CLS] a [SEP] b [SEP]: segment ids 0 then 1
+        assert f["input_ids"].shape[0] == len(aug.texts) and f["token_type_ids"][:].max() == 1
+    final = wd / "results/rte_final"
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert metrics["metric"] == "accuracy" and 0 <= metrics["student"]["accuracy"] <= 100
+    assert metrics["baseline"]["kind"] == "majority class" and "accuracy" in metrics["teacher"]
+    assert load_model(wd / "results/teachers/rte", head="classification").classifier.out_features == 2
+    assert len(json.loads((final / "predictions.json").read_text())["student"]) == 12
+    assert load_model(final, head="classification").config.hidden_size == 16
+
+    assert "Nothing to be done" in (r := smk(wd, "--cores", "2", target)).stdout + r.stderr
+    changed = smk(wd, "-n", "--cores", "2", target, "--config", "tasks={'rte': {'prediction': {'temperature': 2.0}}}")
+    assert planned_jobs(changed) == {"task_prediction": 1, "task_final": 1}

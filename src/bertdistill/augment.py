@@ -1,4 +1,4 @@
-"""TinyBERT data augmentation (recipe.md §6), exact in its candidates, batched for speed.
+"""TinyBERT data augmentation (docs/reference.md#augmentation), exact in its candidates, batched for speed.
 
 Per text: BERT's basic tokenizer gives the words; a word is eligible if it matches ``^[a-z]+$``,
 is not a stop word and (SQuAD) is not part of an answer. A single-WordPiece word gets the top-M
@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .settings import AugmentSettings
+
 # TinyBERT's hard-coded list: NLTK's English stop words without what/which/who/whom/when/where/
 # why/how, plus "'s" and "'re" (173 entries).
 STOP_WORDS = frozenset("""
@@ -45,16 +47,6 @@ wouldn't 's 're
 """.split())
 _VALID = re.compile(r"^[a-z]+$")
 CHUNK_WORDS = 400  # the reference's chunk size: leaves room for WordPiece expansion within 512
-
-
-@dataclass
-class AugmentSettings:
-    n: int = 20  # rounds (SST-2 20, SQuAD 15)
-    m: int = 15  # candidates per word
-    p: float = 0.4  # replacement probability
-    seed: int = 1
-    vector_vocab: int = 100_000  # neighbours among the first 100k words
-    max_batch_tokens: int = 16384  # MLM batch size in tokens
 
 
 @dataclass
@@ -282,21 +274,37 @@ class AugmentStats:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
-def augment_sst2(augmentor: Augmentor, sentences: Sequence[str], labels: Sequence[int], indices: Sequence[int],
-                 settings: AugmentSettings) -> tuple[list[tuple[int, list[str], int]], AugmentStats, list[dict[str, Any]]]:
-    """Per text: (index, [original, variants...], label); every variant keeps the label."""
-    texts = [sentences[i] for i in indices]
-    cands = augmentor.candidates(texts)
-    groups, samples, stats = [], [], AugmentStats(texts=len(texts))
-    for i, text, cand in zip(indices, texts, cands, strict=True):
-        variants = generate(text, cand, settings, i)
-        groups.append((i, variants, labels[i]))
-        stats.eligible_words += len(cand.candidates)
-        stats.mlm_words += cand.mlm_words
-        stats.vector_words += cand.vector_words
-        stats.augmented_examples += len(variants) - 1
-        if len(samples) < 5 and len(variants) > 1:
-            samples.append({"original": text, "augmented": variants[1:3]})
+def augment_classification(
+    augmentor: Augmentor, texts: Sequence[Sequence[str]], indices: Sequence[int], settings: AugmentSettings
+) -> tuple[list[tuple[int, list[list[str]]]], AugmentStats, list[dict[str, Any]]]:
+    """Per example ``i`` of ``indices``: (i, [original row, variant rows...]); each row holds one
+    string per text column and every variant keeps the example's label.
+
+    Each text column is augmented on its own, the other columns kept original (TinyBERT augments
+    every text column of a pair task in turn). Text ``(i, column c)`` is seeded from
+    ``i * columns + c``, so single-sentence tasks seed text ``i`` from ``i``."""
+    ncols = len(texts[indices[0]]) if len(indices) else 1
+    flat = [texts[i][c] for i in indices for c in range(ncols)]
+    cands = augmentor.candidates(flat)
+    groups, samples, stats = [], [], AugmentStats(texts=len(flat))
+    for k, i in enumerate(indices):
+        original = list(texts[i])
+        rows, seen = [original], {tuple(original)}
+        for c in range(ncols):
+            cand = cands[k * ncols + c]
+            variants = generate(original[c], cand, settings, i * ncols + c)
+            stats.eligible_words += len(cand.candidates)
+            stats.mlm_words += cand.mlm_words
+            stats.vector_words += cand.vector_words
+            for v in variants[1:]:
+                row = [*original[:c], v, *original[c + 1 :]]
+                if tuple(row) not in seen:
+                    seen.add(tuple(row))
+                    rows.append(row)
+            if len(samples) < 5 and len(variants) > 1:
+                samples.append({"original": original[c], "augmented": variants[1:3]})
+        stats.augmented_examples += len(rows) - 1
+        groups.append((i, rows))
     return groups, stats, samples
 
 

@@ -330,6 +330,35 @@ def load_projection(folder: str | Path) -> nn.Linear | None:
     return None
 
 
+def find_checkpoint(folder: Path) -> Path:
+    """In an unpacked download: the folder holding config.json, or the single weights file."""
+    if (folder / CONFIG_NAME).is_file():
+        return folder
+    configs = sorted(folder.rglob(CONFIG_NAME))
+    if len(configs) == 1:
+        return configs[0].parent
+    weights = sorted([*folder.rglob("*.pt"), *folder.rglob("*.bin"), *folder.rglob("*.safetensors")])
+    if len(weights) == 1:
+        return weights[0]
+    raise CheckpointError(
+        f"{folder}: no config.json and {len(weights)} weight files (.pt/.bin/.safetensors); "
+        "point the config at one checkpoint file or a folder with config.json"
+    )
+
+
+def check_same_vocab(student_dir: Path, teacher_dir: Path) -> None:
+    """Raise unless two model folders carry the same vocab.txt (when both have one)."""
+    sv, tv = Path(student_dir) / VOCAB_NAME, Path(teacher_dir) / VOCAB_NAME
+    if sv.is_file() and tv.is_file() and sv.read_bytes() != tv.read_bytes():
+        raise CheckpointError(f"{sv}: differs from the teacher's {tv}; student and teacher must share one vocabulary")
+
+
+def vocab_file(path: str | Path) -> Path:
+    """A vocab.txt given directly, or the one inside a model folder."""
+    path = Path(path)
+    return path / VOCAB_NAME if path.is_dir() else path
+
+
 # ----------------------------------------------------------------------------------------------
 # Saving
 

@@ -73,3 +73,18 @@ def coerce_cli_strings(config: dict[str, Any], schema_path: str | Path) -> dict[
     schema = yaml.safe_load(Path(schema_path).read_text())
     _walk(config, schema, schema)
     return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """What the schema cannot say: every configured task is registered (bertdistill.tasks.TASKS)
+    and names the teachers it uses."""
+    from .tasks import get_task
+
+    for name, task in config.get("tasks", {}).items():
+        get_task(name)
+        teacher = task.get("teacher")
+        if teacher != "finetune" and teacher not in config["teachers"]:
+            raise ValueError(
+                f"tasks.{name}.teacher: {teacher!r} is not in `teachers` ({', '.join(config['teachers'])}); "
+                "name a configured teacher or `finetune`"
+            )

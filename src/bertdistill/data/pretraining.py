@@ -23,6 +23,7 @@ import torch
 
 from ..checkpoints import read_vocab
 from ..tokenization import load_tokenizer
+from ..settings import ShardSettings
 from .corpus import CorpusError, read_sentence_documents
 
 # NVIDIA legacy HDF5 schema: dataset -> (dtype, per-example shape key)
@@ -39,19 +40,6 @@ LDDL_COLUMNS = ("A", "B", "is_random_next")
 
 class ShardError(ValueError):
     """A shard that cannot be read; the message names the file and the fix."""
-
-
-@dataclass
-class ShardSettings:
-    """How sentence pairs and masks are made (defaults: Google/LDDL's)."""
-
-    max_seq_length: int = 128
-    short_seq_prob: float = 0.1
-    masking: str = "static"  # static | none
-    masked_lm_prob: float = 0.15
-    max_predictions: int = 20
-    dupe_factor: int = 5
-    lowercase: bool = True
 
 
 @dataclass

@@ -1,0 +1,241 @@
+"""Settings groups that stages take as one argument: training, backbone losses, shards, augmentation.
+
+Each is a dataclass whose defaults are the defaults of the workflow: ``schemas/config.schema.yaml``
+repeats them for validation and a test keeps the two equal (field names, types, choices and
+defaults). The CLI turns each field into a dotted option (``--train.lr 1e-4``) with the help text
+of the class docstring. This module imports nothing heavy, so the Snakefile and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_type_hints
+
+
+class SettingsError(ValueError):
+    """A settings group with an unknown key or an invalid value; the message names both."""
+
+
+def check_choices(obj: Any) -> None:
+    """Raise if a ``Literal``-typed field holds a value outside its choices."""
+    for name, hint in get_type_hints(type(obj)).items():
+        choices = literal_choices(hint)
+        if choices is not None and getattr(obj, name) not in choices:
+            raise SettingsError(
+                f"{type(obj).__name__}.{name} must be one of {list(choices)}, got {getattr(obj, name)!r}"
+            )
+
+
+def literal_choices(hint: Any) -> tuple[Any, ...] | None:
+    """The allowed values of ``Literal[...]`` or ``Literal[...] | None``; None for other types."""
+    if getattr(hint, "__origin__", None) is Literal:
+        return get_args(hint)
+    args = get_args(hint)
+    if args and any(getattr(a, "__origin__", None) is Literal for a in args):
+        out: list[Any] = []
+        for a in args:
+            out.extend(get_args(a) if getattr(a, "__origin__", None) is Literal else [None] if a is type(None) else [])
+        return tuple(out)
+    return None
+
+
+def from_mapping(cls: type, value: Any, what: str = "") -> Any:
+    """``cls(**value)`` with a one-line error naming an unknown key (and the keys ``cls`` knows)."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{what or cls.__name__}: expected a mapping of {cls.__name__} fields, got {value!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise SettingsError(
+            f"{what or cls.__name__}: unknown key(s) {', '.join(unknown)}; {cls.__name__} has {', '.join(names)}"
+        )
+    try:
+        return cls(**value)
+    except (TypeError, ValueError) as e:
+        raise SettingsError(f"{what or cls.__name__}: {e}") from None
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training stage. Defaults follow the reference recipe (docs/reference.md#optimizer-and-schedule).
+
+    Attributes:
+        max_steps: optimizer steps (give exactly one of max_steps and epochs)
+        epochs: passes over the training data (may be fractional)
+        batch_size: examples per process and micro-batch
+        grad_accum: micro-batches per optimizer step
+        lr: peak learning rate
+        schedule: linear (warm-up, then linear decay to 0) or constant
+        warmup: warm-up as a fraction of all steps
+        optimizer: adamw (fused where available) or adam_nobc (Adam without bias correction, as the reference)
+        weight_decay: decoupled weight decay, not applied to biases and LayerNorm
+        betas: Adam's (beta1, beta2)
+        eps: Adam's epsilon
+        max_grad_norm: gradient clipping norm (0 = off)
+        precision: fp32, bf16 or fp16 (fp16 adds a gradient scaler)
+        seed: random seed (each rank adds its rank)
+        teacher_dropout: keep the teacher's dropout on while it produces targets (the reference does)
+        dynamic_padding: cut each batch to its longest sequence, rounded up to 8
+        snapshot_every: write a resumable snapshot every this many steps
+        log_every: write a train.csv row every this many steps
+        eval_every: evaluate on dev every this many steps (null = once, at the end)
+        keep: keep the last weights or the best dev evaluation
+        device: auto (CUDA when available), cpu, cuda or cuda:N
+        compile: torch.compile mode for the objective and the teacher forward (null = eager; reduce-overhead = CUDA graphs)
+    """
+
+    max_steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    schedule: Literal["linear", "constant"] = "linear"
+    warmup: float = 0.1
+    optimizer: Literal["adamw", "adam_nobc"] = "adamw"
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 1
+    teacher_dropout: bool = True
+    dynamic_padding: bool = True
+    snapshot_every: int = 1000
+    log_every: int = 50
+    eval_every: int | None = None
+    keep: Literal["last", "best"] = "last"
+    device: str = "auto"
+    compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise SettingsError("give exactly one of max_steps and epochs")
+        check_choices(self)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    def fingerprint(self, extra: Mapping[str, Any] | None = None) -> str:
+        """Hash of everything that changes the result (not logging/snapshot cadence or device)."""
+        d = dataclasses.asdict(self)
+        for k in ("snapshot_every", "log_every", "device", "compile"):
+            d.pop(k)
+        blob = json.dumps({"train": d, "extra": dict(extra or {})}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class BackboneLossConfig:
+    """Which backbone (intermediate-layer) losses to use; defaults reproduce the reference.
+
+    Attributes:
+        attention: attention-score loss per mapped layer pair: kl, mse or null (off)
+        value: MiniLM value-relation loss: kl or null
+        hidden: hidden-state loss through the learned projection: cosine, mse or null
+        embedding: embedding-output loss: cosine, mse or null (off in the reference)
+        layer_map: last, uniform, one teacher layer per student layer, or [student, teacher] pairs (0-based)
+        masking: faithful (the reference's arithmetic, padding included) or masked (padding excluded)
+        weights: weight per loss term (attention, value, hidden, embedding); 1 when absent
+    """
+
+    attention: Literal["kl", "mse"] | None = "kl"
+    value: Literal["kl"] | None = "kl"
+    hidden: Literal["cosine", "mse"] | None = "cosine"
+    embedding: Literal["cosine", "mse"] | None = None
+    layer_map: str | list[Any] = "last"
+    masking: Literal["faithful", "masked"] = "faithful"
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass
+class ShardSettings:
+    """How pre-training sentence pairs and masks are made (Google's create_pretraining_data).
+
+    Attributes:
+        max_seq_length: tokens per instance, [CLS] and [SEP]s included
+        short_seq_prob: share of instances with a shorter random target length
+        masking: static (masks written into the shard) or none
+        masked_lm_prob: share of tokens masked
+        max_predictions: masked positions per instance at most
+        dupe_factor: passes over the documents, each with other masks and pairings
+        lowercase: lower-case and strip accents before WordPiece (uncased vocabularies)
+    """
+
+    max_seq_length: int = 128
+    short_seq_prob: float = 0.1
+    masking: Literal["static", "none"] = "static"
+    masked_lm_prob: float = 0.15
+    max_predictions: int = 20
+    dupe_factor: int = 5
+    lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass
+class AugmentSettings:
+    """TinyBERT augmentation (docs/reference.md#augmentation).
+
+    Attributes:
+        n: augmented variants tried per text (rounds; the reference uses SST-2 20, SQuAD 15)
+        m: candidates per word
+        p: probability that a round replaces an eligible word
+        seed: random seed; each text is seeded from (seed, text index)
+        vector_vocab: word-vector neighbours come from the first this many words
+        max_batch_tokens: tokens per masked-LM batch
+    """
+
+    n: int = 20
+    m: int = 15
+    p: float = 0.4
+    seed: int = 1
+    vector_vocab: int = 100_000
+    max_batch_tokens: int = 16384
+
+
+@dataclass
+class FeatureSettings:
+    """Task feature windows; unset fields take the task's defaults (bertdistill.tasks.TASKS).
+
+    Attributes:
+        max_seq_length: tokens per feature, special tokens included
+        doc_stride: SQuAD: stride between context windows
+        max_query_length: SQuAD: question tokens kept at most
+        lowercase: lower-case and strip accents before WordPiece
+    """
+
+    max_seq_length: int | None = None
+    doc_stride: int | None = None
+    max_query_length: int | None = None
+    lowercase: bool = True
+
+
+@dataclass
+class ClozeSettings:
+    """Cloze questions over corpus paragraphs (the embedded default's SQuAD stand-in).
+
+    Attributes:
+        dev_fraction: share of articles that go to dev (by a hash of the text)
+        seed: random seed of blanks and splits
+        max_questions_per_paragraph: questions per paragraph at most
+        min_paragraph_words: shorter paragraphs are skipped
+        max_paragraph_words: longer paragraphs are skipped (question and paragraph should fit one window)
+        max_train: training questions at most (null = all)
+        max_dev: dev questions at most (null = all)
+    """
+
+    dev_fraction: float = 0.1
+    seed: int = 0
+    max_questions_per_paragraph: int = 3
+    min_paragraph_words: int = 40
+    max_paragraph_words: int = 250
+    max_train: int | None = None
+    max_dev: int | None = None

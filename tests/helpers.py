@@ -1,0 +1,289 @@
+"""Test helpers: tiny models, vocabularies, text, task data, and running the workflow.
+
+Shared by the test modules (which never import each other); fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+from bertdistill.checkpoints import load_model, save_model
+from bertdistill.data.glue import GlueFormat, write_glue_tsv, write_sst2_tsv
+from bertdistill.model import BertConfig, BertModel, build_model
+from bertdistill.objectives import make_projection
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "schemas", "profiles", "envs", "config", "report")
+
+# ----------------------------------------------------------------------------------------------
+# Tiny BERTs and vocabularies
+
+TINY = dict(
+    vocab_size=99,
+    hidden_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=80,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+)
+
+
+def hf_config(**overrides):
+    """A tiny transformers BertConfig with eager attention (so output_attentions works)."""
+    cfg = transformers.BertConfig(**{**TINY, **overrides})
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def write_vocab(path: Path, size: int) -> Path:
+    """A BERT-style vocab with the special tokens first and ``size`` lines in all."""
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = special + [f"w{i}" for i in range(size - len(special))]
+    path.write_text("\n".join(words) + "\n")
+    return path
+
+
+def random_batch(vocab_size: int, batch: int = 3, length: int = 13, seed: int = 0):
+    """Random ids, token types and an attention mask with padding in rows 1 and 2."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab_size, (batch, length), generator=g)
+    types = torch.zeros_like(ids)
+    types[:, length // 2 :] = 1
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if batch > 1:
+        mask[1, length - 4 :] = 0
+    if batch > 2:
+        mask[2, 5:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return ids, types, mask
+
+def ngc_state_dict(hf_model) -> dict[str, torch.Tensor]:
+    """Rename a transformers state dict the way NVIDIA's modeling.py names things."""
+    out = {}
+    for k, v in hf_model.state_dict().items():
+        k = k if k.startswith(("bert.", "cls.", "qa_outputs.", "classifier.")) else "bert." + k
+        k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        k = k.replace("intermediate.dense.", "intermediate.dense_act.").replace("pooler.dense.", "pooler.dense_act.")
+        k = k.replace("transform.dense.", "transform.dense_act.")
+        out[k] = v.clone()
+    return out
+
+
+def general_student(general_dir: Path, teacher_dir: Path) -> Path:
+    """A 'general' student folder (encoder + projection) sharing the teacher's vocab."""
+    tcfg = load_model(teacher_dir).config
+    torch.manual_seed(3)
+    student = BertModel(BertConfig(vocab_size=tcfg.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=32, max_position_embeddings=128),
+                        add_pooling_layer=False)
+    save_model(student, general_dir, vocab=teacher_dir / "vocab.txt",
+               projection=make_projection(student.config, tcfg, 0), overwrite=True)
+    return general_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# Text and task data
+
+DOCUMENTS = [
+    """The river rises in the northern hills and flows south through a wide valley. Farmers have
+grown wheat and barley along its banks for centuries. In spring the water is high and fast.
+By late summer it becomes slow and shallow, and children swim near the old stone bridge.
+The town council built a new weir in 1998 to control the floods.""",
+    """Dr. Smith arrived at the station at 5 p.m. on Monday. She carried a small leather bag and a map
+of the city. The train to the coast was late, so she waited in the cafe and read the newspaper.
+A man at the next table asked her about the weather. They talked about books, music and travel
+until the train finally came.""",
+    """Bees collect nectar from many kinds of flowers. The nectar is stored in the hive and slowly
+turns into honey. A healthy colony can hold tens of thousands of workers. The queen lays eggs
+throughout the warm months. In winter the bees cluster together to keep the queen warm.""",
+    """The museum opened its doors to the public in the autumn. Its collection includes paintings,
+maps and old scientific instruments. Visitors can see a telescope that was used to study the
+moons of Jupiter. The museum also runs lessons for schools every week.""",
+    """Chess is played on a board of sixty four squares. Each player begins with sixteen pieces.
+The aim is to trap the opposing king so that it cannot escape. Many players study famous games
+to learn new ideas. Short games can last a few minutes, while long games can take hours.""",
+    """The bakery on the corner opens before sunrise. Fresh bread, rolls and cakes fill the shelves by
+seven o'clock. On weekends there is a long queue outside the door. The baker says the secret is
+patience and good flour.""",
+]
+
+
+def write_corpus(folder: Path, copies: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "corpus.txt"
+    path.write_text("\n\n".join(DOCUMENTS * copies) + "\n")
+    return path
+
+
+def write_corpus_vocab(path: Path) -> Path:
+    """Specials, every word of the corpus, punctuation, digits and single letters (with ## forms)."""
+    words = sorted({w for d in DOCUMENTS for w in re.findall(r"[a-z]+", d.lower())})
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    punct = list(".,;:'\"!?()-")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + chars + [f"##{c}" for c in chars] + punct
+    seen, unique = set(), []
+    for t in tokens:
+        if t not in seen:
+            seen.add(t)
+            unique.append(t)
+    path.write_text("\n".join(unique) + "\n")
+    return path
+
+
+def tiny_teacher(folder: Path, heads: int = 4, seed: int = 0) -> Path:
+    """A random tiny BERT teacher in HF layout whose vocab covers DOCUMENTS."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_corpus_vocab(folder.parent / f"{folder.name}-vocab.txt")
+    n = len(vocab.read_text().split("\n")) - 1
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=heads,
+                                 intermediate_size=48, max_position_embeddings=128))
+    return save_model(model, folder, vocab=vocab, overwrite=True)
+
+
+POS = ["a wonderful film", "the music is great", "funny and warm", "a beautiful story", "great acting"]
+NEG = ["a boring film", "the music is awful", "dull and cold", "a terrible story", "bad acting"]
+
+
+def write_sst2(folder: Path, n_train: int = 40, n_dev: int = 12, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = [(rng.choice(POS if y else NEG) + " , " + rng.choice(DOCUMENTS[0].split(".")[:2]).strip().lower(), y)
+                for y in (rng.randint(0, 1) for _ in range(n))]
+        write_sst2_tsv(folder / f"{split}.tsv", [r[0] for r in rows], [r[1] for r in rows])
+    return folder
+
+
+def write_squad(folder: Path, n_train_paragraphs: int = 4) -> Path:
+    """Cloze-like questions over DOCUMENTS: the answer is a word of the context."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+
+    def make(docs, prefix):
+        data = []
+        for d, doc in enumerate(docs):
+            context = " ".join(doc.split())
+            words = [w.strip(".,") for w in context.split() if len(w.strip(".,")) > 4]
+            qas = []
+            for q in range(3):
+                ans = rng.choice(words)
+                qas.append({"id": f"{prefix}{d}-{q}", "question": f"which word is {ans[:2]} here ?",
+                            "answers": [{"text": ans, "answer_start": context.index(ans)}]})
+            data.append({"title": f"doc{d}", "paragraphs": [{"context": context, "qas": qas}]})
+        return {"version": "1.1", "data": data}
+
+    (folder / "train-v1.1.json").write_text(json.dumps(make(DOCUMENTS[:n_train_paragraphs], "t")))
+    (folder / "dev-v1.1.json").write_text(json.dumps(make(DOCUMENTS[n_train_paragraphs:], "d")))
+    return folder
+
+
+def task_teacher(folder: Path, head: str, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_corpus_vocab(folder.parent / f"{folder.name}-vocab.txt")
+    n = len(vocab.read_text().split("\n")) - 1
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=128)
+    return save_model(build_model(cfg, head), folder, vocab=vocab, overwrite=True)
+
+
+def write_glove(path: Path, dim: int = 8) -> Path:
+    """GloVe-format vectors for every word of DOCUMENTS (random but fixed)."""
+    import numpy as np
+
+    words = sorted({w.strip(".,;:'\"()").lower() for d in DOCUMENTS for w in d.split()} - {""})
+    rng = np.random.default_rng(0)
+    path.write_text("".join(f"{w} " + " ".join(f"{x:.4f}" for x in rng.standard_normal(dim)) + "\n" for w in words))
+    return path
+
+
+PAIR = GlueFormat(("sentence1", "sentence2"), "label", ("entailment", "not_entailment"))
+
+
+def write_pair_task(folder: Path, n_train: int = 40, n_dev: int = 12, seed: int = 0) -> Path:
+    """A synthetic RTE-layout sentence-pair task: entailment when the second sentence repeats the
+    first one's sentiment word, else not_entailment."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        texts, labels = [], []
+        for _ in range(n):
+            a = rng.choice(POS + NEG)
+            same = rng.random() < 0.5
+            b = a if same else rng.choice([x for x in POS + NEG if x != a])
+            texts.append((a + " , " + rng.choice(DOCUMENTS[1].split(".")[:2]).strip().lower(), "so " + b))
+            labels.append(0 if same else 1)
+        write_glue_tsv(folder / f"{split}.tsv", PAIR, texts, labels)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the workflow
+
+
+def smk(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=wd, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def planned_jobs(r: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> count from the 'Job stats' table of a dry run."""
+    jobs, in_table = {}, False
+    for line in (r.stdout + r.stderr).splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] != "total":
+                    jobs[parts[0]] = int(parts[1])
+            elif parts and not set(line.strip()) <= {"-", " "}:
+                in_table = False
+    return jobs
+
+
+def copy_workflow(tmp_path: Path) -> Path:
+    """The workflow's code and config in a fresh folder (its own .snakemake, results, logs)."""
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, wd / name)
+        elif src.exists():
+            shutil.copy(src, wd / name)
+    return wd
+
+
+def tiny_config(tmp_path: Path) -> dict:
+    """Teacher, corpus, shards, student and both general phases at toy size."""
+    teacher = tiny_teacher(tmp_path / "teacher")
+    corpus = write_corpus(tmp_path / "corpus", copies=3)
+    train = {"batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "snapshot_every": 2, "log_every": 1}
+    return {
+        "teachers": {"base": {"source": {"path": str(teacher)}}},
+        "corpus": {"sources": [{"path": str(corpus)}], "punkt_train_chars": 100000},
+        "shards": {"num_shards": 2, "dupe_factor": 2, "max_predictions": {"64": 8, "128": 16}},
+        "student": {"num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 4},
+        "general": {
+            "teacher": "base",
+            "losses": {"layer_map": "uniform"},
+            "phase1": {"seq": 64, "train": {**train, "max_steps": 6}},
+            "phase2": {"seq": 128, "train": {**train, "max_steps": 3, "batch_size": 2}},
+        },
+    }
+
