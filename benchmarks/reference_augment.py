@@ -42,8 +42,9 @@ class NaiveReference:
         text = (word_pieces + ["[SEP]"] + tokenized[1:] + ["[SEP]"])[: self.max_len]
         ids = self.tok.convert_tokens_to_ids(text)
         segments = [0] * (n + 1) + [1] * (len(text) - n - 1)
-        logits = self.mlm(torch.tensor([ids], device=self.device),
-                          token_type_ids=torch.tensor([segments], device=self.device)).logits[0, mask_id]
+        logits = self.mlm(
+            torch.tensor([ids], device=self.device), token_type_ids=torch.tensor([segments], device=self.device)
+        ).logits[0, mask_id]
         top = torch.argsort(logits, descending=True)[: self.m].tolist()
         return [t for t in self.tok.convert_ids_to_tokens(top) if not t.startswith("##")]
 
@@ -77,7 +78,13 @@ class NaiveReference:
         for ptr in range(0, len(tokens), 400):
             chunk = tokens[ptr : ptr + 400]
             for idx, word in enumerate(chunk):
-                if word.isascii() and word.isalpha() and word.islower() and word not in STOP_WORDS and word not in black:
+                if (
+                    word.isascii()
+                    and word.isalpha()
+                    and word.islower()
+                    and word not in STOP_WORDS
+                    and word not in black
+                ):
                     c = self.word_augment(" ".join(chunk), idx, word)
                     if c is not None:
                         out[ptr + idx] = c

@@ -52,16 +52,24 @@ def make_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dict[s
     lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
     lengths[0] = seq  # the longest fills the window; the rest are padded
     mask = (torch.arange(seq)[None] < lengths[:, None]).long()
-    return {"input_ids": (ids * mask).to(device), "attention_mask": mask.to(device),
-            "token_type_ids": torch.zeros_like(ids).to(device)}
+    return {
+        "input_ids": (ids * mask).to(device),
+        "attention_mask": mask.to(device),
+        "token_type_ids": torch.zeros_like(ids).to(device),
+    }
 
 
 def hf_side(args, device, batch):
     import transformers
 
     def cfg(layers, hidden, inter):
-        c = transformers.BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
-                                    num_attention_heads=12, intermediate_size=inter)
+        c = transformers.BertConfig(
+            vocab_size=30522,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=12,
+            intermediate_size=inter,
+        )
         c._attn_implementation = "eager"
         return c
 
@@ -70,8 +78,12 @@ def hf_side(args, device, batch):
     student = transformers.BertModel(cfg(4, 312, 1200), add_pooling_layer=False).to(device).train()
     proj = torch.nn.Linear(312, 768).to(device)
     captured = {}
-    teacher.encoder.layer[-1].attention.output.dense.register_forward_hook(lambda m, i, o: captured.__setitem__("t", i[0]))
-    student.encoder.layer[-1].attention.output.dense.register_forward_hook(lambda m, i, o: captured.__setitem__("s", i[0]))
+    teacher.encoder.layer[-1].attention.output.dense.register_forward_hook(
+        lambda m, i, o: captured.__setitem__("t", i[0])
+    )
+    student.encoder.layer[-1].attention.output.dense.register_forward_hook(
+        lambda m, i, o: captured.__setitem__("s", i[0])
+    )
     params = list(student.parameters()) + list(proj.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
     amp = torch.bfloat16 if args.precision == "bf16" else None
@@ -89,11 +101,15 @@ def hf_side(args, device, batch):
             s = student(**batch, output_attentions=True, output_hidden_states=True)
             cs = captured["s"]
             n = batch["input_ids"].shape[1]
-            att = F.kl_div(torch.log(s.attentions[-1].float().clamp_min(1e-12)), t.attentions[-1].float(),
-                           reduction="batchmean") / (12 * n)
-            val = F.kl_div(F.log_softmax(relation(cs.float()), -1), F.softmax(relation(ct.float()), -1),
-                           reduction="batchmean") / (12 * n)
-            hid = (1 - F.cosine_similarity(proj(s.hidden_states[-1]).float(), t.hidden_states[-1].float(), dim=-1)).mean()
+            att = F.kl_div(
+                torch.log(s.attentions[-1].float().clamp_min(1e-12)), t.attentions[-1].float(), reduction="batchmean"
+            ) / (12 * n)
+            val = F.kl_div(
+                F.log_softmax(relation(cs.float()), -1), F.softmax(relation(ct.float()), -1), reduction="batchmean"
+            ) / (12 * n)
+            hid = (
+                1 - F.cosine_similarity(proj(s.hidden_states[-1]).float(), t.hidden_states[-1].float(), dim=-1)
+            ).mean()
             loss = att + val + hid
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -112,8 +128,13 @@ def ours_side(args, device, batch):
     tcfg = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
     scfg = BertConfig(hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200)
     teacher = BertModel(tcfg, add_pooling_layer=False).to(device).train()
-    objective = BackboneObjective(BertModel(scfg, add_pooling_layer=False), tcfg, make_projection(scfg, tcfg, 0),
-                                  BackboneLossConfig()).to(device).train()
+    objective = (
+        BackboneObjective(
+            BertModel(scfg, add_pooling_layer=False), tcfg, make_projection(scfg, tcfg, 0), BackboneLossConfig()
+        )
+        .to(device)
+        .train()
+    )
     cfg = TrainConfig(max_steps=10, precision=args.precision, optimizer="adamw", compile=args.compile)
     opt = make_optimizer(objective, cfg, device)
     model, teacher_targets = objective, objective.teacher_targets
@@ -143,8 +164,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="steps per side per round")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=None,
-                   help="train.compile for our side (the transformers side stays eager, as a plain script)")
+    p.add_argument(
+        "--compile",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        default=None,
+        help="train.compile for our side (the transformers side stays eager, as a plain script)",
+    )
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
@@ -166,15 +191,30 @@ def main() -> None:
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t)
     ours_s, hf_s = statistics.median(times["ours"]), statistics.median(times["hf"])
-    flops = bert_forward_flops(12, 768, 3072, args.batch, args.seq) + 3 * bert_forward_flops(4, 312, 1200, args.batch, args.seq)
+    flops = bert_forward_flops(12, 768, 3072, args.batch, args.seq) + 3 * bert_forward_flops(
+        4, 312, 1200, args.batch, args.seq
+    )
     peak = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
-    print(json.dumps({
-        "ours_s": round(ours_s, 4), "hf_s": round(hf_s, 4), "ratio": round(hf_s / ours_s, 3),
-        "mfu": round(flops / ours_s / peak, 3), "hf_mfu": round(flops / hf_s / peak, 3),
-        "step_gflop": round(flops / 1e9, 1), "peak_gflops": round(peak / 1e9, 1),
-        "device": str(device), "threads": torch.get_num_threads(), "precision": args.precision, "compile": args.compile,
-        "batch": args.batch, "seq": args.seq, "samples": len(times["ours"]),
-    }))
+    print(
+        json.dumps(
+            {
+                "ours_s": round(ours_s, 4),
+                "hf_s": round(hf_s, 4),
+                "ratio": round(hf_s / ours_s, 3),
+                "mfu": round(flops / ours_s / peak, 3),
+                "hf_mfu": round(flops / hf_s / peak, 3),
+                "step_gflop": round(flops / 1e9, 1),
+                "peak_gflops": round(peak / 1e9, 1),
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "precision": args.precision,
+                "compile": args.compile,
+                "batch": args.batch,
+                "seq": args.seq,
+                "samples": len(times["ours"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

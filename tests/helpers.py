@@ -67,6 +67,7 @@ def random_batch(vocab_size: int, batch: int = 3, length: int = 13, seed: int = 
     ids = ids.masked_fill(mask == 0, 0)
     return ids, types, mask
 
+
 def ngc_state_dict(hf_model) -> dict[str, torch.Tensor]:
     """Rename a transformers state dict the way NVIDIA's modeling.py names things."""
     out = {}
@@ -83,11 +84,24 @@ def general_student(general_dir: Path, teacher_dir: Path) -> Path:
     """A 'general' student folder (encoder + projection) sharing the teacher's vocab."""
     tcfg = load_model(teacher_dir).config
     torch.manual_seed(3)
-    student = BertModel(BertConfig(vocab_size=tcfg.vocab_size, hidden_size=16, num_hidden_layers=2,
-                                   num_attention_heads=4, intermediate_size=32, max_position_embeddings=128),
-                        add_pooling_layer=False)
-    save_model(student, general_dir, vocab=teacher_dir / "vocab.txt",
-               projection=make_projection(student.config, tcfg, 0), overwrite=True)
+    student = BertModel(
+        BertConfig(
+            vocab_size=tcfg.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=32,
+            max_position_embeddings=128,
+        ),
+        add_pooling_layer=False,
+    )
+    save_model(
+        student,
+        general_dir,
+        vocab=teacher_dir / "vocab.txt",
+        projection=make_projection(student.config, tcfg, 0),
+        overwrite=True,
+    )
     return general_dir
 
 
@@ -146,8 +160,16 @@ def tiny_teacher(folder: Path, heads: int = 4, seed: int = 0) -> Path:
     vocab = write_corpus_vocab(folder.parent / f"{folder.name}-vocab.txt")
     n = len(vocab.read_text().split("\n")) - 1
     torch.manual_seed(seed)
-    model = BertModel(BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=heads,
-                                 intermediate_size=48, max_position_embeddings=128))
+    model = BertModel(
+        BertConfig(
+            vocab_size=n,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            intermediate_size=48,
+            max_position_embeddings=128,
+        )
+    )
     return save_model(model, folder, vocab=vocab, overwrite=True)
 
 
@@ -159,8 +181,10 @@ def write_sst2(folder: Path, n_train: int = 40, n_dev: int = 12, seed: int = 0) 
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_dev)):
-        rows = [(rng.choice(POS if y else NEG) + " , " + rng.choice(DOCUMENTS[0].split(".")[:2]).strip().lower(), y)
-                for y in (rng.randint(0, 1) for _ in range(n))]
+        rows = [
+            (rng.choice(POS if y else NEG) + " , " + rng.choice(DOCUMENTS[0].split(".")[:2]).strip().lower(), y)
+            for y in (rng.randint(0, 1) for _ in range(n))
+        ]
         write_sst2_tsv(folder / f"{split}.tsv", [r[0] for r in rows], [r[1] for r in rows])
     return folder
 
@@ -178,8 +202,13 @@ def write_squad(folder: Path, n_train_paragraphs: int = 4) -> Path:
             qas = []
             for q in range(3):
                 ans = rng.choice(words)
-                qas.append({"id": f"{prefix}{d}-{q}", "question": f"which word is {ans[:2]} here ?",
-                            "answers": [{"text": ans, "answer_start": context.index(ans)}]})
+                qas.append(
+                    {
+                        "id": f"{prefix}{d}-{q}",
+                        "question": f"which word is {ans[:2]} here ?",
+                        "answers": [{"text": ans, "answer_start": context.index(ans)}],
+                    }
+                )
             data.append({"title": f"doc{d}", "paragraphs": [{"context": context, "qas": qas}]})
         return {"version": "1.1", "data": data}
 
@@ -193,8 +222,14 @@ def task_teacher(folder: Path, head: str, seed: int = 0) -> Path:
     vocab = write_corpus_vocab(folder.parent / f"{folder.name}-vocab.txt")
     n = len(vocab.read_text().split("\n")) - 1
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=n,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=128,
+    )
     return save_model(build_model(cfg, head), folder, vocab=vocab, overwrite=True)
 
 
@@ -286,4 +321,3 @@ def tiny_config(tmp_path: Path) -> dict:
             "phase2": {"seq": 128, "train": {**train, "max_steps": 3, "batch_size": 2}},
         },
     }
-

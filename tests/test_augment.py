@@ -1,4 +1,5 @@
-"""Augmentation: candidates equal a straightforward per-word, batch-1 implementation of docs/reference.md#augmentation."""
+"""Augmentation: candidates equal a straightforward per-word, batch-1 implementation of the reference
+algorithm (docs/reference.md#augmentation)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,19 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import write_squad
-from helpers import DOCUMENTS, write_corpus_vocab
 
 from bertdistill.augment import (
-    AugmentSettings,
     Augmentor,
+    AugmentSettings,
     WordVectors,
-    augment_squad_paragraphs,
     augment_classification,
+    augment_squad_paragraphs,
     convert_vectors,
     generate,
 )
 from bertdistill.checkpoints import load_model, read_vocab
 from bertdistill.tokenization import load_tokenizer
+from helpers import DOCUMENTS, write_corpus_vocab, write_squad
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from reference_augment import NaiveReference  # noqa: E402 - the straightforward implementation
@@ -37,8 +37,14 @@ def setup(tmp_path_factory):
     vocab = write_corpus_vocab(tmp / "vocab.txt")
     tokens = read_vocab(vocab)
     torch.manual_seed(0)
-    hc = transformers.BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=48, max_position_embeddings=1100)
+    hc = transformers.BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=1100,
+    )
     hf = transformers.BertForMaskedLM(hc).eval()
     (tmp / "mlm").mkdir()
     hf.save_pretrained(tmp / "mlm")
@@ -48,11 +54,18 @@ def setup(tmp_path_factory):
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((len(words), 8)).astype(np.float32)
     glove = tmp / "glove.txt"
-    glove.write_text("".join(f"{w} " + " ".join(f"{x:.5f}" for x in v) + "\n" for w, v in zip(words, vecs)))
+    glove.write_text(
+        "".join(f"{w} " + " ".join(f"{x:.5f}" for x in v) + "\n" for w, v in zip(words, vecs, strict=True))
+    )
     kv_path = tmp / "vectors.kv"
     convert_vectors(glove, kv_path)
-    ours = Augmentor(load_model(tmp / "mlm", head="mlm"), load_tokenizer(vocab), tokens, WordVectors.load(kv_path),
-                     AugmentSettings(n=8, m=6, p=0.4, max_batch_tokens=2048))
+    ours = Augmentor(
+        load_model(tmp / "mlm", head="mlm"),
+        load_tokenizer(vocab),
+        tokens,
+        WordVectors.load(kv_path),
+        AugmentSettings(n=8, m=6, p=0.4, max_batch_tokens=2048),
+    )
     naive = NaiveReference(hf, vocab, words, np.loadtxt(glove, usecols=range(1, 9), dtype=np.float64), m=6)
     return ours, naive, tmp
 
@@ -70,7 +83,14 @@ def test_texts_over_400_words(setup):
     ours, naive, _ = setup
     # ~850 words, mostly stop words so the batch-1 reference stays quick; content words in all three chunks
     filler = ["the", "and", ",", "of", "."] * 170
-    for pos, word in ((10, "river"), (200, "farmhouse"), (399, "bridge"), (405, "summer"), (610, "riverbanks"), (845, "honey")):
+    for pos, word in (
+        (10, "river"),
+        (200, "farmhouse"),
+        (399, "bridge"),
+        (405, "summer"),
+        (610, "riverbanks"),
+        (845, "honey"),
+    ):
         filler[pos] = word
     long_text = " ".join(filler)
     assert len(ours.words(long_text)) == 850
@@ -92,8 +112,11 @@ def test_output_does_not_depend_on_the_shard_count(setup):
     sentences = [(d.split(".")[0],) for d in DOCUMENTS] + [(EXTRA,)]
     s = AugmentSettings(n=5, m=6, seed=3)
     whole, stats, _ = augment_classification(ours, sentences, list(range(len(sentences))), s)
-    parts = [g for shard in range(3)
-             for g in augment_classification(ours, sentences, list(range(shard, len(sentences), 3)), s)[0]]
+    parts = [
+        g
+        for shard in range(3)
+        for g in augment_classification(ours, sentences, list(range(shard, len(sentences), 3)), s)[0]
+    ]
     assert sorted(parts) == whole  # the same variants for every text, whatever the split
     assert all(rows[0] == list(sentences[i]) for i, rows in whole)
     assert stats.texts == len(sentences)
@@ -110,7 +133,7 @@ def test_sentence_pairs_augment_each_column_in_turn(setup):
     assert stats.texts == 4
     for i, rows in groups:
         assert rows[0] == list(pairs[i]) and len({tuple(r) for r in rows}) == len(rows)
-        changed = [[a != b for a, b in zip(r, pairs[i])] for r in rows[1:]]
+        changed = [[a != b for a, b in zip(r, pairs[i], strict=True)] for r in rows[1:]]
         assert changed and all(sum(c) == 1 for c in changed)
         assert {c.index(True) for c in changed} == {0, 1}  # both columns were augmented
     # The first column of a pair is seeded like a single sentence at index 2*i: same variants.
@@ -122,8 +145,9 @@ def test_squad_answer_spans_always_match(setup, tmp_path):
     ours, _, _ = setup
     data = json.loads((write_squad(tmp_path / "squad") / "train-v1.1.json").read_text())
     paragraphs = [p for a in data["data"] for p in a["paragraphs"]]
-    new, stats, samples = augment_squad_paragraphs(ours, paragraphs, list(range(len(paragraphs))),
-                                                   AugmentSettings(n=6, m=6, seed=1))
+    new, stats, samples = augment_squad_paragraphs(
+        ours, paragraphs, list(range(len(paragraphs))), AugmentSettings(n=6, m=6, seed=1)
+    )
     assert new and stats.augmented_examples == sum(len(p["qas"]) for p in new)
     ids = [qa["id"] for p in new for qa in p["qas"]]
     assert len(ids) == len(set(ids))  # unique ids

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import hf_config, ngc_state_dict, random_batch, write_vocab
 
 from bertdistill.checkpoints import (
     CheckpointError,
@@ -19,6 +18,7 @@ from bertdistill.checkpoints import (
     save_model,
 )
 from bertdistill.model import BertConfig, build_model
+from helpers import hf_config, ngc_state_dict, random_batch, write_vocab
 
 TOL = 1e-5
 
@@ -27,10 +27,26 @@ def write_ngc_folder(folder: Path, hf_model, vocab_lines: int = 30522) -> Path:
     """An NGC-style folder: config.json + vocab.txt + a training checkpoint under a 'model' key."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = hf_model.config.to_dict()
-    (folder / "config.json").write_text(json.dumps({k: cfg[k] for k in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-        "type_vocab_size", "initializer_range")}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                k: cfg[k]
+                for k in (
+                    "vocab_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "hidden_act",
+                    "hidden_dropout_prob",
+                    "attention_probs_dropout_prob",
+                    "max_position_embeddings",
+                    "type_vocab_size",
+                    "initializer_range",
+                )
+            }
+        )
+    )
     write_vocab(folder / "vocab.txt", vocab_lines)
     ckpt = {
         "model": ngc_state_dict(hf_model),
@@ -74,12 +90,15 @@ def test_ngc_pretraining_checkpoint_as_encoder_and_mlm(tmp_path, ngc_vocab_hf):
         assert (a.hidden_states[-1] - enc(ids, mask, types).last_hidden_state).abs().max() < TOL
 
 
-@pytest.mark.parametrize("head,auto", [
-    (None, transformers.AutoModel),
-    ("mlm", transformers.AutoModelForMaskedLM),
-    ("classification", transformers.AutoModelForSequenceClassification),
-    ("qa", transformers.AutoModelForQuestionAnswering),
-])
+@pytest.mark.parametrize(
+    "head,auto",
+    [
+        (None, transformers.AutoModel),
+        ("mlm", transformers.AutoModelForMaskedLM),
+        ("classification", transformers.AutoModelForSequenceClassification),
+        ("qa", transformers.AutoModelForQuestionAnswering),
+    ],
+)
 def test_save_then_load_with_transformers(tmp_path, head, auto):
     torch.manual_seed(1)
     ours = build_model(BertConfig.from_dict(hf_config().to_dict()), head).eval()
@@ -87,7 +106,12 @@ def test_save_then_load_with_transformers(tmp_path, head, auto):
     proj = torch.nn.Linear(48, 96)
     folder = save_model(ours, tmp_path / "saved", vocab=vocab, projection=proj, settings={"stage": "test"})
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "distill.json", "model.safetensors", "projection.safetensors", "vocab.txt"]
+        "config.json",
+        "distill.json",
+        "model.safetensors",
+        "projection.safetensors",
+        "vocab.txt",
+    ]
     hf = auto.from_pretrained(folder, attn_implementation="eager").eval()
     ids, types, mask = random_batch(ours.config.vocab_size)
     with torch.no_grad():
@@ -100,7 +124,7 @@ def test_save_then_load_with_transformers(tmp_path, head, auto):
             assert (getattr(a, field) - getattr(b, field)).abs().max() < 1e-4
     # Our own loader reads it back identically, projection included.
     again = load_model(folder, head=head)
-    assert all(torch.equal(x, y) for x, y in zip(ours.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(ours.state_dict().values(), again.state_dict().values(), strict=True))
     back = load_projection(folder)
     assert torch.equal(back.weight, proj.weight) and torch.equal(back.bias, proj.bias)
 
@@ -112,7 +136,9 @@ def test_transformers_folder_loads(tmp_path):
     ours = load_model(tmp_path / "hf", head="classification")
     ids, types, mask = random_batch(99)
     with torch.no_grad():
-        assert (hf(ids, attention_mask=mask, token_type_ids=types).logits - ours(ids, mask, types).logits).abs().max() < TOL
+        assert (
+            hf(ids, attention_mask=mask, token_type_ids=types).logits - ours(ids, mask, types).logits
+        ).abs().max() < TOL
 
 
 def test_pytorch_model_bin_folder_loads(tmp_path):
@@ -240,7 +266,9 @@ def test_init_from_teacher_layers_equals_the_truncated_teacher(tmp_path):
     hf.save_pretrained(tmp_path / "t")
     write_vocab(tmp_path / "t" / "vocab.txt", cfg.vocab_size)
     teacher = load_model(tmp_path / "t")
-    student = BertModel(BertConfig.from_dict({**teacher.config.to_dict(), "num_hidden_layers": 2}), add_pooling_layer=False)
+    student = BertModel(
+        BertConfig.from_dict({**teacher.config.to_dict(), "num_hidden_layers": 2}), add_pooling_layer=False
+    )
     init_from_teacher(student, teacher, [1, 3])
     hf.encoder.layer = torch.nn.ModuleList([hf.encoder.layer[1], hf.encoder.layer[3]])
     hf.config.num_hidden_layers = 2
@@ -252,11 +280,14 @@ def test_init_from_teacher_layers_equals_the_truncated_teacher(tmp_path):
     assert (got - want).abs().max() < TOL
 
 
-@pytest.mark.parametrize(("layers", "change", "message"), [
-    ([0, 1, 2], {}, "lists 3 layers but the student has 2"),
-    ([1, 4], {}, r"teacher layers \[4\] do not exist"),
-    ([0, 1], {"intermediate_size": 40}, "student intermediate_size 40 != teacher's"),
-])
+@pytest.mark.parametrize(
+    ("layers", "change", "message"),
+    [
+        ([0, 1, 2], {}, "lists 3 layers but the student has 2"),
+        ([1, 4], {}, r"teacher layers \[4\] do not exist"),
+        ([0, 1], {"intermediate_size": 40}, "student intermediate_size 40 != teacher's"),
+    ],
+)
 def test_init_from_teacher_layers_errors(tmp_path, layers, change, message):
     from bertdistill.checkpoints import init_from_teacher
     from bertdistill.model import BertModel

@@ -12,6 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from bertdistill.checkpoints import load_model, save_model
+from bertdistill.cli import build_parser, stage_kwargs
+from bertdistill.launch import rule_kwargs
+from bertdistill.model import BertConfig, build_model
+from bertdistill.stages import STAGES, for_rule
+from bertdistill.stages.registry import dataclass_fields, is_settings, unwrap_optional
 from helpers import (
     copy_workflow,
     general_student,
@@ -22,16 +29,27 @@ from helpers import (
     write_vocab,
 )
 
-from bertdistill.checkpoints import load_model, save_model
-from bertdistill.cli import build_parser, stage_kwargs
-from bertdistill.launch import rule_kwargs
-from bertdistill.model import BertConfig, build_model
-from bertdistill.stages import STAGES, for_rule
-from bertdistill.stages.registry import dataclass_fields, is_settings, unwrap_optional
-
-STAGE_NAMES = ("download", "import-teacher", "describe", "vectors", "sst2-data", "squad-cloze", "adapt-mlm",
-               "augment", "augment-gather", "corpus", "shards", "general", "features", "train-features",
-               "teacher-logits", "backbone", "prediction", "finetune", "final")
+STAGE_NAMES = (
+    "download",
+    "import-teacher",
+    "describe",
+    "vectors",
+    "sst2-data",
+    "squad-cloze",
+    "adapt-mlm",
+    "augment",
+    "augment-gather",
+    "corpus",
+    "shards",
+    "general",
+    "features",
+    "train-features",
+    "teacher-logits",
+    "backbone",
+    "prediction",
+    "finetune",
+    "final",
+)
 
 
 def run(*args):
@@ -87,11 +105,15 @@ def test_every_rule_passes_only_what_the_cli_accepts(tmp_path):
     seen = set()
     for job in jobs:
         entry = for_rule(job.rule.name)
-        named = {"input": dict(job.input.items()), "output": dict(job.output.items()),
-                 "params": dict(job.params.items())}
+        named = {
+            "input": dict(job.input.items()),
+            "output": dict(job.output.items()),
+            "params": dict(job.params.items()),
+        }
         kwargs = rule_kwargs(entry, job.rule.name, named, dict(job.wildcards.items()))
         assert set(kwargs) == set(named["input"]) | set(named["output"]) | set(named["params"]) | (
-            set(job.wildcards.keys()) & set(entry.parameters))
+            set(job.wildcards.keys()) & set(entry.parameters)
+        )
         args = parser.parse_args(to_argv(entry.name, kwargs))
         assert stage_kwargs(entry, args, parser) == kwargs, job.rule.name
         seen.add(job.rule.name)
@@ -130,10 +152,30 @@ def test_settings_from_yaml_and_dotted_keys():
     """A settings group from YAML and field options (the fields win); underscores work too."""
     parser = build_parser()
     entry = STAGES["backbone"]
-    args = parser.parse_args(["backbone", "--task", "sst2", "--teacher", "t", "--init", "i", "--features", "f",
-                              "--output", "o", "--train", "{epochs: 1, lr: 1e-4, batch_size: 8}",
-                              "--train.lr", "2e-4", "--train.keep", "best", "--losses.layer_map", "[0, 2]",
-                              "--no-train.dynamic-padding"])
+    args = parser.parse_args(
+        [
+            "backbone",
+            "--task",
+            "sst2",
+            "--teacher",
+            "t",
+            "--init",
+            "i",
+            "--features",
+            "f",
+            "--output",
+            "o",
+            "--train",
+            "{epochs: 1, lr: 1e-4, batch_size: 8}",
+            "--train.lr",
+            "2e-4",
+            "--train.keep",
+            "best",
+            "--losses.layer_map",
+            "[0, 2]",
+            "--no-train.dynamic-padding",
+        ]
+    )
     kwargs = stage_kwargs(entry, args, parser)
     assert kwargs["train"] == {"epochs": 1, "lr": 2e-4, "batch_size": 8, "keep": "best", "dynamic_padding": False}
     assert kwargs["losses"] == {"layer_map": [0, 2]}
@@ -148,7 +190,7 @@ def test_import_and_describe(tmp_path):
     r = run("import-teacher", "--source", str(tmp_path / "src"), "--head", "qa", "--output", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     again = load_model(tmp_path / "out", head="qa")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
     r = run("describe", "--model", str(tmp_path / "out"), "--output", str(tmp_path / "d.json"))
     assert r.returncode == 0 and json.loads((tmp_path / "d.json").read_text())["layers"] == 3
 
@@ -160,8 +202,21 @@ def test_error_is_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / "empty") in lines[0]
     assert not (tmp_path / "out").exists()
-    r = run("backbone", "--task", "sst2", "--teacher", "t", "--init", "i", "--features", "f", "--output", "o",
-            "--train", "{epochs: 1, warmup_steps: 3}")
+    r = run(
+        "backbone",
+        "--task",
+        "sst2",
+        "--teacher",
+        "t",
+        "--init",
+        "i",
+        "--features",
+        "f",
+        "--output",
+        "o",
+        "--train",
+        "{epochs: 1, warmup_steps: 3}",
+    )
     assert r.returncode == 2 and "unknown key(s) warmup_steps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -173,20 +228,95 @@ def test_task_stages_through_the_cli(tmp_path):
     f = tmp_path / "f"
     evaluation = ("--eval-batch-size", "64", "--n-best", "20", "--max-answer-length", "30")
     steps = [
-        ("features", "--task", "sst2", "--train", str(data / "train.tsv"), "--dev", str(data / "dev.tsv"),
-         "--vocab", str(teacher), "--train-output", str(f / "train.hdf5"),
-         "--dev-output", str(f / "dev.hdf5"), "--settings.max-seq-length", "32"),
-        ("teacher-logits", "--task", "sst2", "--teacher", str(teacher), "--features", str(f / "train.hdf5"),
-         "--output", str(f / "logits.hdf5"), "--batch-size", "16"),
-        ("backbone", "--task", "sst2", "--teacher", str(teacher), "--init", str(general), "--features",
-         str(f / "train.hdf5"), "--output", str(tmp_path / "backbone"), "--train", '{"max_steps": 2, "batch_size": 8}'),
-        ("prediction", "--task", "sst2", "--teacher", str(teacher), "--backbone", str(tmp_path / "backbone"),
-         "--features", str(f / "train.hdf5"), "--dev-features", str(f / "dev.hdf5"), "--dev", str(data / "dev.tsv"),
-         "--output", str(tmp_path / "prediction"), "--teacher-logits", str(f / "logits.hdf5"), "--temperature", "1",
-         *evaluation, "--train", "{max_steps: 2, batch_size: 8, eval_every: 1, keep: best}"),
-        ("final", "--task", "sst2", "--student", str(tmp_path / "prediction"), "--teacher", str(teacher),
-         "--dev-features", str(f / "dev.hdf5"), "--dev", str(data / "dev.tsv"), "--output", str(tmp_path / "final"),
-         *evaluation, "--backbone", str(tmp_path / "backbone"), "--features", str(f / "train.hdf5")),
+        (
+            "features",
+            "--task",
+            "sst2",
+            "--train",
+            str(data / "train.tsv"),
+            "--dev",
+            str(data / "dev.tsv"),
+            "--vocab",
+            str(teacher),
+            "--train-output",
+            str(f / "train.hdf5"),
+            "--dev-output",
+            str(f / "dev.hdf5"),
+            "--settings.max-seq-length",
+            "32",
+        ),
+        (
+            "teacher-logits",
+            "--task",
+            "sst2",
+            "--teacher",
+            str(teacher),
+            "--features",
+            str(f / "train.hdf5"),
+            "--output",
+            str(f / "logits.hdf5"),
+            "--batch-size",
+            "16",
+        ),
+        (
+            "backbone",
+            "--task",
+            "sst2",
+            "--teacher",
+            str(teacher),
+            "--init",
+            str(general),
+            "--features",
+            str(f / "train.hdf5"),
+            "--output",
+            str(tmp_path / "backbone"),
+            "--train",
+            '{"max_steps": 2, "batch_size": 8}',
+        ),
+        (
+            "prediction",
+            "--task",
+            "sst2",
+            "--teacher",
+            str(teacher),
+            "--backbone",
+            str(tmp_path / "backbone"),
+            "--features",
+            str(f / "train.hdf5"),
+            "--dev-features",
+            str(f / "dev.hdf5"),
+            "--dev",
+            str(data / "dev.tsv"),
+            "--output",
+            str(tmp_path / "prediction"),
+            "--teacher-logits",
+            str(f / "logits.hdf5"),
+            "--temperature",
+            "1",
+            *evaluation,
+            "--train",
+            "{max_steps: 2, batch_size: 8, eval_every: 1, keep: best}",
+        ),
+        (
+            "final",
+            "--task",
+            "sst2",
+            "--student",
+            str(tmp_path / "prediction"),
+            "--teacher",
+            str(teacher),
+            "--dev-features",
+            str(f / "dev.hdf5"),
+            "--dev",
+            str(data / "dev.tsv"),
+            "--output",
+            str(tmp_path / "final"),
+            *evaluation,
+            "--backbone",
+            str(tmp_path / "backbone"),
+            "--features",
+            str(f / "train.hdf5"),
+        ),
     ]
     for args in steps:
         r = run(*args)
@@ -201,19 +331,55 @@ def test_task_stages_through_the_cli(tmp_path):
 def test_augmentation_through_the_cli(tmp_path):
     mlm = task_teacher(tmp_path / "mlm", "mlm")
     data = write_sst2(tmp_path / "data", n_train=12)
-    r = run("vectors", "--source", str(write_glove(tmp_path / "g.txt")), "--format", "auto",
-            "--output", str(tmp_path / "v.kv"))
+    r = run(
+        "vectors",
+        "--source",
+        str(write_glove(tmp_path / "g.txt")),
+        "--format",
+        "auto",
+        "--output",
+        str(tmp_path / "v.kv"),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     parts = []
     for i in range(2):
         parts.append(str(tmp_path / f"part_{i}.json"))
-        r = run("augment", "--task", "sst2", "--train", str(data / "train.tsv"), "--mlm", str(mlm), "--vectors",
-                str(tmp_path / "v.kv"), "--output", parts[-1], "--shard-index", str(i), "--num-shards", "2",
-                "--settings", '{"n": 3, "m": 4}')
+        r = run(
+            "augment",
+            "--task",
+            "sst2",
+            "--train",
+            str(data / "train.tsv"),
+            "--mlm",
+            str(mlm),
+            "--vectors",
+            str(tmp_path / "v.kv"),
+            "--output",
+            parts[-1],
+            "--shard-index",
+            str(i),
+            "--num-shards",
+            "2",
+            "--settings",
+            '{"n": 3, "m": 4}',
+        )
         assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "train_aug.tsv"
-    r = run("augment-gather", "--task", "sst2", "--train", str(data / "train.tsv"), "--parts", *parts,
-            "--output", str(out), "--stats-output", f"{out}.stats.json", "--samples-output", f"{out}.samples.json")
+    r = run(
+        "augment-gather",
+        "--task",
+        "sst2",
+        "--train",
+        str(data / "train.tsv"),
+        "--parts",
+        *parts,
+        "--output",
+        str(out),
+        "--stats-output",
+        f"{out}.stats.json",
+        "--samples-output",
+        f"{out}.samples.json",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     from bertdistill.data.glue import read_sst2_tsv
 

@@ -26,8 +26,14 @@ def test_recipe_reproduces_the_reference():
     r = yaml.safe_load((REPO / "config/recipes/nvidia-4l-312d.yaml").read_text())
     assert r["student"]["hidden_size"] == 312 and r["student"]["num_hidden_layers"] == 4
     assert r["student"]["intermediate_size"] == 1200 and r["student"]["num_attention_heads"] == 12
-    assert r["general"]["losses"] == {"attention": "kl", "value": "kl", "hidden": "cosine", "embedding": None,
-                                      "layer_map": "last", "masking": "faithful"}
+    assert r["general"]["losses"] == {
+        "attention": "kl",
+        "value": "kl",
+        "hidden": "cosine",
+        "embedding": None,
+        "layer_map": "last",
+        "masking": "faithful",
+    }
     p1, p2 = r["general"]["phase1"], r["general"]["phase2"]
     assert (p1["seq"], p1["train"]["max_steps"], p2["seq"], p2["train"]["max_steps"]) == (128, 68616, 512, 6861)
     for p in (p1, p2):
@@ -37,9 +43,13 @@ def test_recipe_reproduces_the_reference():
 
 
 def test_nested_cli_strings_become_numbers():
-    config = {"general": {"phase2": {"train": {"lr": "0.002", "max_steps": "5", "teacher_dropout": "false"}},
-                          "teacher": "123"},
-              "teachers": {"base": {"source": {"path": "007"}}}}
+    config = {
+        "general": {
+            "phase2": {"train": {"lr": "0.002", "max_steps": "5", "teacher_dropout": "false"}},
+            "teacher": "123",
+        },
+        "teachers": {"base": {"source": {"path": "007"}}},
+    }
     coerce_cli_strings(config, SCHEMA)
     train = config["general"]["phase2"]["train"]
     assert train == {"lr": 0.002, "max_steps": 5, "teacher_dropout": False}
@@ -106,15 +116,22 @@ def test_every_schema_key_is_described():
 SCHEMA_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 
 
-@pytest.mark.parametrize("cls, where, skip", [
-    ("TrainConfig", "$defs/train", ()),
-    ("BackboneLossConfig", "$defs/losses", ()),
-    ("ShardSettings", "properties/shards", ("max_seq_length", "max_predictions", "num_shards", "seed")),
-    ("AugmentSettings", "properties/augment", ("n", "mlm", "num_shards", "gpus", "threads", "runtime")),
-    ("AugmentSettings", "$defs/task/properties/augment", ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "enabled")),
-    ("FeatureSettings", "$defs/task/properties/features", ()),
-    ("ClozeSettings", "properties/data/properties/squad_cloze", ()),
-])
+@pytest.mark.parametrize(
+    "cls, where, skip",
+    [
+        ("TrainConfig", "$defs/train", ()),
+        ("BackboneLossConfig", "$defs/losses", ()),
+        ("ShardSettings", "properties/shards", ("max_seq_length", "max_predictions", "num_shards", "seed")),
+        ("AugmentSettings", "properties/augment", ("n", "mlm", "num_shards", "gpus", "threads", "runtime")),
+        (
+            "AugmentSettings",
+            "$defs/task/properties/augment",
+            ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "enabled"),
+        ),
+        ("FeatureSettings", "$defs/task/properties/features", ()),
+        ("ClozeSettings", "properties/data/properties/squad_cloze", ()),
+    ],
+)
 def test_settings_dataclasses_equal_their_schema_blocks(cls, where, skip):
     """One source of defaults: each settings dataclass and its schema block have the same fields,
     types, choices and defaults (the schema's defaults are what Snakemake fills in)."""

@@ -36,6 +36,7 @@ def scores(seed, mask):
 
 # ---- hand-written references: plain Python floats, explicit loops ----------------------------
 
+
 def softmax(xs):
     m = max(xs)
     e = [math.exp(x - m) for x in xs]
@@ -45,7 +46,7 @@ def softmax(xs):
 
 def kl(t_row, s_row):
     pt, ps = softmax(t_row), softmax(s_row)
-    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(pt, ps) if a > 0)
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(pt, ps, strict=True) if a > 0)
 
 
 def ref_attention(s, t, mask, kind, masking):
@@ -67,14 +68,16 @@ def ref_attention(s, t, mask, kind, masking):
                     total += kl(trow, srow)
                     count += 1
                 else:
-                    total += sum((a - c) ** 2 for a, c in zip(srow, trow))
+                    total += sum((a - c) ** 2 for a, c in zip(srow, trow, strict=True))
                     count += len(srow)
     return total / count
 
 
 def relation(ctx, b, h, d):
-    rows = [ctx[b][i][h * d:(h + 1) * d] for i in range(L)]
-    return [[sum(x * y for x, y in zip(rows[i], rows[j])) / math.sqrt(d) for j in range(L)] for i in range(L)]
+    rows = [ctx[b][i][h * d : (h + 1) * d] for i in range(L)]
+    return [
+        [sum(x * y for x, y in zip(rows[i], rows[j], strict=True)) / math.sqrt(d) for j in range(L)] for i in range(L)
+    ]
 
 
 def ref_value(cs, ct, mask, masking):
@@ -104,15 +107,16 @@ def ref_hidden(hs, ht, w, bias, mask, kind, masking):
             v = [sum(w[o][k] * hs[b][i][k] for k in range(len(hs[b][i]))) + bias[o] for o in range(len(w))]
             t = ht[b][i]
             if kind == "cosine":
-                dot = sum(x * y for x, y in zip(v, t))
+                dot = sum(x * y for x, y in zip(v, t, strict=True))
                 total += 1 - dot / (math.sqrt(sum(x * x for x in v)) * math.sqrt(sum(y * y for y in t)))
             else:
-                total += sum((x - y) ** 2 for x, y in zip(v, t)) / len(t)
+                total += sum((x - y) ** 2 for x, y in zip(v, t, strict=True)) / len(t)
             count += 1
     return total / count
 
 
 # ---- tests ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["kl", "mse"])
 @pytest.mark.parametrize("masking", ["faithful", "masked"])
@@ -149,8 +153,15 @@ def test_hidden_and_embedding_loss(kind, masking):
     g = torch.Generator().manual_seed(5)
     hs, ht = torch.randn(B, L, 4, generator=g), torch.randn(B, L, 6, generator=g)
     proj = torch.nn.Linear(4, 6)
-    ref = ref_hidden(hs.double().tolist(), ht.double().tolist(), proj.weight.double().tolist(),
-                     proj.bias.double().tolist(), mask.tolist(), kind, masking)
+    ref = ref_hidden(
+        hs.double().tolist(),
+        ht.double().tolist(),
+        proj.weight.double().tolist(),
+        proj.bias.double().tolist(),
+        mask.tolist(),
+        kind,
+        masking,
+    )
     for fn in (hidden_loss, embedding_loss):
         assert abs(fn(hs, ht, proj, mask, kind=kind, masking=masking).item() - ref) < TOL
 
@@ -168,7 +179,7 @@ def test_soft_cross_entropy(temperature):
     for b in range(B):
         pt = softmax([x / temperature for x in zt[b].double().tolist()])
         ps = softmax([x / temperature for x in zs[b].double().tolist()])
-        total += sum(-a * math.log(c) for a, c in zip(pt, ps))
+        total += sum(-a * math.log(c) for a, c in zip(pt, ps, strict=True))
     assert abs(soft_cross_entropy(zs, zt, temperature).item() - total / (B * 7)) < TOL
 
 
@@ -177,7 +188,7 @@ def test_faithful_losses_do_not_depend_on_batch_composition():
     mask = mask_rows()
     s, t = scores(7, mask), scores(8, mask)
     whole = attention_loss(s, t, mask)
-    parts = [attention_loss(s[i:i + 1], t[i:i + 1], mask[i:i + 1]) for i in range(B)]
+    parts = [attention_loss(s[i : i + 1], t[i : i + 1], mask[i : i + 1]) for i in range(B)]
     assert abs(whole.item() - sum(p.item() for p in parts) / B) < TOL
 
 
@@ -218,28 +229,51 @@ def test_backbone_objective_sums_mapped_layers(kind, masking):
     from bertdistill.objectives import BackboneLossConfig, BackboneObjective, make_projection
 
     torch.manual_seed(0)
-    common = dict(vocab_size=30, num_attention_heads=H, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common = dict(
+        vocab_size=30,
+        num_attention_heads=H,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     teacher = BertModel(BertConfig(hidden_size=8, num_hidden_layers=4, intermediate_size=8, **common)).eval()
-    student = BertModel(BertConfig(hidden_size=4, num_hidden_layers=2, intermediate_size=8, **common),
-                        add_pooling_layer=False).eval()
+    student = BertModel(
+        BertConfig(hidden_size=4, num_hidden_layers=2, intermediate_size=8, **common), add_pooling_layer=False
+    ).eval()
     proj = make_projection(student.config, teacher.config, seed=0)
     obj = BackboneObjective(student, teacher.config, proj, BackboneLossConfig(layer_map=kind, masking=masking))
     mask = mask_rows()
     batch = {"input_ids": torch.randint(1, 30, (B, L)) * mask, "attention_mask": mask}
     with torch.no_grad():
         terms = obj(batch, obj.teacher_targets(teacher, batch))
-        t_out = teacher(batch["input_ids"], mask, output_hidden_states=True, output_attention_scores=True,
-                        output_context=True)
-        s_out = student(batch["input_ids"], mask, output_hidden_states=True, output_attention_scores=True,
-                        output_context=True)
+        t_out = teacher(
+            batch["input_ids"], mask, output_hidden_states=True, output_attention_scores=True, output_context=True
+        )
+        s_out = student(
+            batch["input_ids"], mask, output_hidden_states=True, output_attention_scores=True, output_context=True
+        )
     pairs = [(1, 3)] if kind == "last" else [(0, 1), (1, 3)]
-    att = sum(ref_attention(s_out.attention_scores[s], t_out.attention_scores[t], mask, "kl", masking) for s, t in pairs)
-    val = sum(ref_value(s_out.context_layers[s].double().tolist(), t_out.context_layers[t].double().tolist(),
-                        mask.tolist(), masking) for s, t in pairs)
-    hid = sum(ref_hidden(s_out.hidden_states[s + 1].double().tolist(), t_out.hidden_states[t + 1].double().tolist(),
-                         proj.weight.double().tolist(), proj.bias.double().tolist(), mask.tolist(), "cosine", masking)
-              for s, t in pairs)
+    att = sum(
+        ref_attention(s_out.attention_scores[s], t_out.attention_scores[t], mask, "kl", masking) for s, t in pairs
+    )
+    val = sum(
+        ref_value(
+            s_out.context_layers[s].double().tolist(), t_out.context_layers[t].double().tolist(), mask.tolist(), masking
+        )
+        for s, t in pairs
+    )
+    hid = sum(
+        ref_hidden(
+            s_out.hidden_states[s + 1].double().tolist(),
+            t_out.hidden_states[t + 1].double().tolist(),
+            proj.weight.double().tolist(),
+            proj.bias.double().tolist(),
+            mask.tolist(),
+            "cosine",
+            masking,
+        )
+        for s, t in pairs
+    )
     assert abs(terms["attention"].item() - att) < 1e-6
     assert abs(terms["value"].item() - val) < 1e-6
     assert abs(terms["hidden"].item() - hid) < 1e-6

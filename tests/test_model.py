@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from helpers import hf_config, random_batch
 
 from bertdistill.model import BertConfig, build_model
+from helpers import hf_config, random_batch
 
 TOL = 1e-5
 

@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import DOCUMENTS, tiny_teacher, write_corpus, write_corpus_vocab
 
 from bertdistill.checkpoints import read_vocab
 from bertdistill.data.corpus import CorpusError, prepare_corpus, read_sentence_documents, train_punkt, wiki_documents
@@ -26,6 +25,7 @@ from bertdistill.data.pretraining import (
     write_hdf5,
 )
 from bertdistill.tokenization import load_tokenizer
+from helpers import DOCUMENTS, tiny_teacher, write_corpus, write_corpus_vocab
 
 
 @pytest.fixture
@@ -59,7 +59,10 @@ def test_corpus_file_format(corpus, tmp_path):
 def test_wikipedia_dump_through_gensim():
     import gensim
 
-    dump = Path(gensim.__file__).parent / "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    dump = (
+        Path(gensim.__file__).parent
+        / "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    )
     docs = list(wiki_documents(dump))
     assert len(docs) > 50
     assert not any(d.lower().startswith("#redirect") for d in docs)
@@ -100,7 +103,12 @@ def test_shard_instances_follow_the_recipe(tmp_path, corpus, vocab):
     assert len(data) == n > 20
     ids = {t: i for i, t in enumerate(read_vocab(vocab))}
     tok = load_tokenizer(vocab)
-    stream = [t for d in read_sentence_documents(sentences) for sent in d for t in tok.encode(sent, add_special_tokens=False).ids]
+    stream = [
+        t
+        for d in read_sentence_documents(sentences)
+        for sent in d
+        for t in tok.encode(sent, add_special_tokens=False).ids
+    ]
     text = " ".join(map(str, stream))
     n_mask = n_keep = n_rand = 0
     for r in range(n):
@@ -131,11 +139,40 @@ def test_shards_do_not_depend_on_the_number_of_jobs(tmp_path, corpus, vocab):
     sentences = _sentences(tmp_path, corpus)
     settings = '{"max_seq_length": 64, "dupe_factor": 2}'
     for i in range(3):  # one process, one shard after the other
-        make_shard(sentences, vocab, tmp_path / "seq" / f"shard_{i}.hdf5", i, 3, 5, ShardSettings(max_seq_length=64, dupe_factor=2))
-    procs = [subprocess.Popen([sys.executable, "-m", "bertdistill", "shards", "--sentences", str(sentences),
-                               "--vocab", str(vocab), "--output", str(tmp_path / "par" / f"shard_{i}.hdf5"),
-                               "--shard-index", str(i), "--num-shards", "3", "--seed", "5", "--settings", settings])
-             for i in range(3)]  # three concurrent jobs
+        make_shard(
+            sentences,
+            vocab,
+            tmp_path / "seq" / f"shard_{i}.hdf5",
+            i,
+            3,
+            5,
+            ShardSettings(max_seq_length=64, dupe_factor=2),
+        )
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bertdistill",
+                "shards",
+                "--sentences",
+                str(sentences),
+                "--vocab",
+                str(vocab),
+                "--output",
+                str(tmp_path / "par" / f"shard_{i}.hdf5"),
+                "--shard-index",
+                str(i),
+                "--num-shards",
+                "3",
+                "--seed",
+                "5",
+                "--settings",
+                settings,
+            ]
+        )
+        for i in range(3)
+    ]  # three concurrent jobs
     assert all(p.wait() == 0 for p in procs)
     for i in range(3):
         with h5py.File(tmp_path / "seq" / f"shard_{i}.hdf5") as a, h5py.File(tmp_path / "par" / f"shard_{i}.hdf5") as b:
@@ -146,13 +183,20 @@ def test_shards_do_not_depend_on_the_number_of_jobs(tmp_path, corpus, vocab):
 
 
 def test_hdf5_round_trip_and_nvidia_layout(tmp_path):
-    insts = [Instance([2, 7, 8, 3, 9, 3], [0, 0, 0, 0, 1, 1], False, [1, 4], [11, 12]),
-             Instance([2, 5, 3, 6, 6, 6, 3], [0, 0, 0, 1, 1, 1, 1], True, [5], [13])]
+    insts = [
+        Instance([2, 7, 8, 3, 9, 3], [0, 0, 0, 0, 1, 1], False, [1, 4], [11, 12]),
+        Instance([2, 5, 3, 6, 6, 6, 3], [0, 0, 0, 1, 1, 1, 1], True, [5], [13]),
+    ]
     write_hdf5(insts, tmp_path / "s.hdf5", ShardSettings(max_seq_length=16, max_predictions=4))
     with h5py.File(tmp_path / "s.hdf5") as f:
         assert {k: f[k].dtype.name for k in f} == {
-            "input_ids": "int32", "input_mask": "int8", "segment_ids": "int8",
-            "masked_lm_positions": "int32", "masked_lm_ids": "int32", "next_sentence_labels": "int8"}
+            "input_ids": "int32",
+            "input_mask": "int8",
+            "segment_ids": "int8",
+            "masked_lm_positions": "int32",
+            "masked_lm_ids": "int32",
+            "next_sentence_labels": "int8",
+        }
         assert f["input_ids"].shape == (2, 16) and f["masked_lm_positions"].shape == (2, 4)
     batch = read_hdf5_shard(tmp_path / "s.hdf5").batch(torch.tensor([0, 1]))
     assert batch["input_ids"].shape == (2, 8)  # longest 7, padded to a multiple of 8
@@ -224,7 +268,14 @@ def test_general_stage_refuses_a_student_with_another_vocab(tmp_path, corpus):
     other = tiny_teacher(tmp_path / "student_init", seed=1)
     (other / "vocab.txt").write_text((other / "vocab.txt").read_text().replace("river", "rivers"))
     with pytest.raises(CheckpointError) as e:
-        general_distill(teacher, [tmp_path / "none.hdf5"], tmp_path / "out", train={"max_steps": 1}, losses={},
-                        phase="phase2", init=other)
+        general_distill(
+            teacher,
+            [tmp_path / "none.hdf5"],
+            tmp_path / "out",
+            train={"max_steps": 1},
+            losses={},
+            phase="phase2",
+            init=other,
+        )
     assert str(other / "vocab.txt") in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers import write_corpus_vocab
 
 from bertdistill.data.squad import (
     SquadError,
@@ -18,19 +17,37 @@ from bertdistill.data.squad import (
     squad_v11_metrics,
 )
 from bertdistill.tokenization import load_tokenizer
+from helpers import write_corpus_vocab
 
 
 def test_metric_by_hand():
-    dataset = [{"paragraphs": [{"context": "x", "qas": [
-        {"id": "q1", "question": "?", "answers": [{"text": "The Eiffel Tower", "answer_start": 0}]},
-        {"id": "q2", "question": "?", "answers": [{"text": "in 1998", "answer_start": 0}, {"text": "1998", "answer_start": 3}]},
-        {"id": "q3", "question": "?", "answers": [{"text": "red apples and pears", "answer_start": 0}]},
-        {"id": "q4", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},  # no prediction
-    ]}]}]
+    dataset = [
+        {
+            "paragraphs": [
+                {
+                    "context": "x",
+                    "qas": [
+                        {"id": "q1", "question": "?", "answers": [{"text": "The Eiffel Tower", "answer_start": 0}]},
+                        {
+                            "id": "q2",
+                            "question": "?",
+                            "answers": [{"text": "in 1998", "answer_start": 0}, {"text": "1998", "answer_start": 3}],
+                        },
+                        {"id": "q3", "question": "?", "answers": [{"text": "red apples and pears", "answer_start": 0}]},
+                        {
+                            "id": "q4",
+                            "question": "?",
+                            "answers": [{"text": "Paris", "answer_start": 0}],
+                        },  # no prediction
+                    ],
+                }
+            ]
+        }
+    ]
     preds = {
-        "q1": "eiffel tower!",          # normalisation: case, punctuation, article -> exact
-        "q2": "1998.",                  # matches the second gold exactly
-        "q3": "green apples",           # overlap 1 token: p = 1/2, r = 1/4 -> f1 = 1/3
+        "q1": "eiffel tower!",  # normalisation: case, punctuation, article -> exact
+        "q2": "1998.",  # matches the second gold exactly
+        "q3": "green apples",  # overlap 1 token: p = 1/2, r = 1/4 -> f1 = 1/3
     }
     m = squad_v11_metrics(dataset, preds)
     assert m["exact_match"] == pytest.approx(100 * 2 / 4)
@@ -38,19 +55,35 @@ def test_metric_by_hand():
 
 
 def test_metric_edge_cases():
-    data = [{"paragraphs": [{"context": "", "qas": [{"id": "a", "question": "", "answers": [{"text": "the", "answer_start": 0}]}]}]}]
+    data = [
+        {
+            "paragraphs": [
+                {"context": "", "qas": [{"id": "a", "question": "", "answers": [{"text": "the", "answer_start": 0}]}]}
+            ]
+        }
+    ]
     # normalises to "" on both sides: exact match, but F1 has no common tokens -> 0 (as the official script)
     assert squad_v11_metrics(data, {"a": "a"}) == {"exact_match": 100.0, "f1": 0.0}
 
 
 PARAGRAPHS = [
-    ("The Normans (Norman: Nourmands; French: Normands) were the people who in the 10th and 11th centuries "
-     "gave their name to Normandy, a region in France. They were descended from Norse raiders and pirates "
-     "from Denmark, Iceland and Norway.", [("In what country is Normandy located?", "France"),
-                                            ("When were the Normans in Normandy?", "10th and 11th centuries"),
-                                            ("From which countries did the Norse originate?", "Denmark, Iceland and Norway")]),
-    ("Café culture in Zürich dates from 1850; the first coffee-house, \"Zum Kropf\", opened near the lake.",
-     [("When does café culture in Zürich date from?", "1850"), ("What was the first coffee-house called?", "Zum Kropf")]),
+    (
+        "The Normans (Norman: Nourmands; French: Normands) were the people who in the 10th and 11th centuries "
+        "gave their name to Normandy, a region in France. They were descended from Norse raiders and pirates "
+        "from Denmark, Iceland and Norway.",
+        [
+            ("In what country is Normandy located?", "France"),
+            ("When were the Normans in Normandy?", "10th and 11th centuries"),
+            ("From which countries did the Norse originate?", "Denmark, Iceland and Norway"),
+        ],
+    ),
+    (
+        'Café culture in Zürich dates from 1850; the first coffee-house, "Zum Kropf", opened near the lake.',
+        [
+            ("When does café culture in Zürich date from?", "1850"),
+            ("What was the first coffee-house called?", "Zum Kropf"),
+        ],
+    ),
 ]
 
 
@@ -117,8 +150,11 @@ def test_windows_respect_stride_and_length(tmp_path):
     for ex_i in range(len(examples)):
         fs = np.nonzero(feats.example_index == ex_i)[0]
         counts = sum(feats.max_context[f].sum() for f in fs)
-        total_tokens = len(load_tokenizer(vocab).encode_batch([examples[ex_i].doc_tokens], is_pretokenized=True,
-                                                              add_special_tokens=False)[0].ids)
+        total_tokens = len(
+            load_tokenizer(vocab)
+            .encode_batch([examples[ex_i].doc_tokens], is_pretokenized=True, add_special_tokens=False)[0]
+            .ids
+        )
         assert counts == total_tokens
 
 

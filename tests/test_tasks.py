@@ -7,21 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import general_student, task_teacher, write_squad, write_sst2
 
 from bertdistill import stages
-from bertdistill.checkpoints import load_model, save_model
+from bertdistill.checkpoints import load_model
 from bertdistill.data.glue import GlueError, read_sst2_tsv, write_sst2_tsv
-from bertdistill.model import BertConfig, BertModel
-from bertdistill.objectives import PredictionObjective, make_projection
+from bertdistill.objectives import PredictionObjective
 from bertdistill.tasks import read_h5
+from helpers import general_student, task_teacher, write_squad, write_sst2
 
 
 def test_tsv_round_trip(tmp_path):
-    sents = ["a fine film", "tabs\tand\nnew lines", "quotes \"stay\" as they are"]
+    sents = ["a fine film", "tabs\tand\nnew lines", 'quotes "stay" as they are']
     write_sst2_tsv(tmp_path / "t.tsv", sents, [1, 0, 1])
     s, y = read_sst2_tsv(tmp_path / "t.tsv")
-    assert s == ["a fine film", "tabs and new lines", "quotes \"stay\" as they are"] and y == [1, 0, 1]
+    assert s == ["a fine film", "tabs and new lines", 'quotes "stay" as they are'] and y == [1, 0, 1]
     (tmp_path / "bad.tsv").write_text("sentence\tlabel\ngood\t1\nbroken line\n")
     with pytest.raises(GlueError, match=r"bad.tsv:3: expected"):
         read_sst2_tsv(tmp_path / "bad.tsv")
@@ -38,21 +37,48 @@ def test_task_stages_end_to_end(tmp_path, task):
         d = write_squad(tmp_path / "data")
         train, dev = d / "train-v1.1.json", d / "dev-v1.1.json"
         settings = {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16}
-    counts = stages.task_features(task, train, dev, teacher / "vocab.txt", tmp_path / "f/train.hdf5",
-                                  tmp_path / "f/dev.hdf5", settings)
+    counts = stages.task_features(
+        task, train, dev, teacher / "vocab.txt", tmp_path / "f/train.hdf5", tmp_path / "f/dev.hdf5", settings
+    )
     assert counts["train"] > 0 and counts["dev"] > 0
     stages.task_teacher_logits(task, teacher, tmp_path / "f/train.hdf5", tmp_path / "logits.hdf5", batch_size=8)
     general = general_student(tmp_path / "general", teacher)
-    stages.task_backbone(task, teacher, general, tmp_path / "f/train.hdf5", tmp_path / "backbone",
-                         train={"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "dynamic_padding": False},
-                         losses={})
-    stages.task_prediction(task, teacher, tmp_path / "backbone", tmp_path / "f/train.hdf5", tmp_path / "f/dev.hdf5",
-                           dev, tmp_path / "prediction", train={"epochs": 2, "batch_size": 8, "lr": 3e-5,
-                                                                "eval_every": 2, "keep": "best", "dynamic_padding": False},
-                           temperature=1.0, eval_batch_size=64, n_best=20, max_answer_length=30,
-                           teacher_logits=tmp_path / "logits.hdf5")
-    metrics = stages.task_final(task, tmp_path / "prediction", teacher, tmp_path / "f/dev.hdf5", dev, tmp_path / "final",
-                                eval_batch_size=64, n_best=20, max_answer_length=30, backbone=tmp_path / "backbone")
+    stages.task_backbone(
+        task,
+        teacher,
+        general,
+        tmp_path / "f/train.hdf5",
+        tmp_path / "backbone",
+        train={"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "dynamic_padding": False},
+        losses={},
+    )
+    stages.task_prediction(
+        task,
+        teacher,
+        tmp_path / "backbone",
+        tmp_path / "f/train.hdf5",
+        tmp_path / "f/dev.hdf5",
+        dev,
+        tmp_path / "prediction",
+        train={"epochs": 2, "batch_size": 8, "lr": 3e-5, "eval_every": 2, "keep": "best", "dynamic_padding": False},
+        temperature=1.0,
+        eval_batch_size=64,
+        n_best=20,
+        max_answer_length=30,
+        teacher_logits=tmp_path / "logits.hdf5",
+    )
+    metrics = stages.task_final(
+        task,
+        tmp_path / "prediction",
+        teacher,
+        tmp_path / "f/dev.hdf5",
+        dev,
+        tmp_path / "final",
+        eval_batch_size=64,
+        n_best=20,
+        max_answer_length=30,
+        backbone=tmp_path / "backbone",
+    )
     key = "accuracy" if task == "sst2" else "f1"
     assert set(metrics["student"]) >= {key} and set(metrics["teacher"]) >= {key}
     assert metrics["student_parameters"] < metrics["teacher_parameters"]
@@ -70,9 +96,15 @@ def test_cached_logits_give_the_live_teacher_loss(tmp_path):
     """Prediction loss with cached logits == with the live teacher in eval mode (SQuAD, full length)."""
     teacher = task_teacher(tmp_path / "teacher", "qa")
     d = write_squad(tmp_path / "data")
-    stages.task_features("squad", d / "train-v1.1.json", d / "dev-v1.1.json", teacher / "vocab.txt",
-                         tmp_path / "train.hdf5", tmp_path / "dev.hdf5",
-                         {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16})
+    stages.task_features(
+        "squad",
+        d / "train-v1.1.json",
+        d / "dev-v1.1.json",
+        teacher / "vocab.txt",
+        tmp_path / "train.hdf5",
+        tmp_path / "dev.hdf5",
+        {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16},
+    )
     stages.task_teacher_logits("squad", teacher, tmp_path / "train.hdf5", tmp_path / "logits.hdf5", batch_size=5)
     arrays, _ = read_h5(tmp_path / "train.hdf5")
     cached, _ = read_h5(tmp_path / "logits.hdf5", required=("teacher_logits",))
@@ -81,11 +113,15 @@ def test_cached_logits_give_the_live_teacher_loss(tmp_path):
     student = load_model(teacher, head="qa").train()
     objective = PredictionObjective(student)
     idx = np.arange(min(8, len(arrays["input_ids"])))
-    batch = {k: torch.from_numpy(arrays[k][idx].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    batch = {
+        k: torch.from_numpy(arrays[k][idx].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     with torch.inference_mode():
         live = objective.teacher_targets(tmodel, batch)
     live = {k: v.clone() for k, v in live.items()}
-    from_cache = objective.teacher_targets(None, {**batch, "teacher_logits": torch.from_numpy(cached["teacher_logits"][idx])})
+    from_cache = objective.teacher_targets(
+        None, {**batch, "teacher_logits": torch.from_numpy(cached["teacher_logits"][idx])}
+    )
     torch.manual_seed(1)
     a = objective(batch, live)["loss"]
     torch.manual_seed(1)

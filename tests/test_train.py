@@ -17,9 +17,9 @@ import torch
 from bertdistill.checkpoints import load_model, load_projection
 from bertdistill.train import (
     AdamNoBiasCorrection,
+    TensorDataset,
     TrainConfig,
     Trainer,
-    TensorDataset,
     lr_at,
     micro_batches,
     param_groups,
@@ -29,8 +29,11 @@ from bertdistill.train import (
 
 CHILD = Path(__file__).with_name("train_child.py")
 # The tests folder first, then whatever PYTHONPATH already holds (a source checkout without install).
-ENV = {**os.environ, "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p),
+}
 
 
 def child(out: Path, *args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
@@ -80,7 +83,9 @@ def test_adam_without_bias_correction_by_hand():
 def test_no_weight_decay_on_bias_and_layernorm():
     from bertdistill.model import BertConfig, BertModel
 
-    m = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
+    m = BertModel(
+        BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    )
     decay, no_decay = param_groups(m, 0.01)
     names = {id(p): n for n, p in m.named_parameters()}
     assert all("bias" not in names[id(p)] and "LayerNorm" not in names[id(p)] for p in decay["params"])
@@ -129,8 +134,9 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [int(r["step"]) for r in read_csv(tmp_path / "killed" / "train.csv")]
     assert steps == list(range(1, 11))
-    assert [r["loss"] for r in read_csv(tmp_path / "killed" / "train.csv")] == \
-        [r["loss"] for r in read_csv(tmp_path / "full" / "train.csv")]
+    assert [r["loss"] for r in read_csv(tmp_path / "killed" / "train.csv")] == [
+        r["loss"] for r in read_csv(tmp_path / "full" / "train.csv")
+    ]
     assert not (tmp_path / "killed" / "snapshots").exists()  # cleared once the output exists
 
 
@@ -170,8 +176,20 @@ def test_ddp_two_processes_match_one_with_double_batch(tmp_path):
     args = ["--steps", "6", "--dropout", "0", "--no-dynamic-padding", "--optimizer", "adamw"]
     one = child(tmp_path / "one", *args, "--batch", "8")
     assert one.returncode == 0, one.stderr
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(CHILD), "--out", str(tmp_path / "two"), *args, "--batch", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(CHILD),
+        "--out",
+        str(tmp_path / "two"),
+        *args,
+        "--batch",
+        "4",
+    ]
     two = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = read_csv(tmp_path / "one" / "train.csv"), read_csv(tmp_path / "two" / "train.csv")
@@ -188,8 +206,9 @@ def test_keep_best_selects_and_records(tmp_path):
     from bertdistill.objectives import SupervisedObjective
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
-                                                     num_attention_heads=2, intermediate_size=16))
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    )
     ids = torch.randint(5, 30, (32, 8))
     data = TensorDataset({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": (ids[:, 1] > 17).long()})
     scores = iter([0.5, 0.9, 0.7])  # evaluation at steps 2, 4, 6: best is step 4
@@ -211,11 +230,17 @@ def _tiny_objective(seed=0):
     from bertdistill.objectives import BackboneObjective, make_projection
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=40, num_attention_heads=2, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common = dict(
+        vocab_size=40,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     teacher = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=16, **common))
-    student = BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, intermediate_size=8, **common),
-                        add_pooling_layer=False)
+    student = BertModel(
+        BertConfig(hidden_size=8, num_hidden_layers=1, intermediate_size=8, **common), add_pooling_layer=False
+    )
     return BackboneObjective(student, teacher.config, make_projection(student.config, teacher.config, 0)), teacher
 
 
@@ -257,8 +282,16 @@ def test_saved_output_records_selection(tmp_path):
 
     objective, teacher = _tiny_objective()
     cfg = TrainConfig(max_steps=2, batch_size=8, lr=1e-2, log_every=1)
-    result = train_and_save(objective, _tiny_data(), train=cfg, output=tmp_path / "out", snapshot_dir=None,
-                            record={"stage": "test"}, vocab=None, teacher=teacher)
+    result = train_and_save(
+        objective,
+        _tiny_data(),
+        train=cfg,
+        output=tmp_path / "out",
+        snapshot_dir=None,
+        record={"stage": "test"},
+        vocab=None,
+        teacher=teacher,
+    )
     out = tmp_path / "out"
     record = json.loads((out / "distill.json").read_text())
     assert record["selection"]["keep"] == "last" and record["selection"]["selected_step"] == 2 == result.steps
@@ -278,7 +311,9 @@ def test_compiled_training_matches_eager(tmp_path):
     for mode in (None, "default"):
         objective, teacher = _tiny_objective()
         cfg = TrainConfig(max_steps=3, batch_size=8, lr=1e-2, log_every=1, compile=mode, device="cpu")
-        Trainer(cfg, tmp_path / f"s{mode}", log_csv=tmp_path / f"{mode}.csv").fit(objective, _tiny_data(), teacher=teacher)
+        Trainer(cfg, tmp_path / f"s{mode}", log_csv=tmp_path / f"{mode}.csv").fit(
+            objective, _tiny_data(), teacher=teacher
+        )
         runs[mode] = ([float(r["loss"]) for r in read_csv(tmp_path / f"{mode}.csv")], objective.state_dict())
     (eager, we), (compiled, wc) = runs[None], runs["default"]
     assert len(eager) == 3 and all(abs(a - b) <= 1e-4 * max(1.0, abs(a)) for a, b in zip(eager, compiled, strict=True))

@@ -14,11 +14,12 @@ import pytest
 import torch
 import transformers
 import yaml
-from helpers import REPO, copy_workflow, hf_config, ngc_state_dict, planned_jobs, random_batch, smk, write_vocab
 
 from bertdistill.checkpoints import load_model
+from helpers import REPO, copy_workflow, hf_config, ngc_state_dict, planned_jobs, random_batch, smk, write_vocab
 
 pytestmark = pytest.mark.slow  # Snakemake runs
+
 
 @pytest.fixture
 def workdir(tmp_path, http_server):
@@ -44,19 +45,32 @@ def workdir(tmp_path, http_server):
             "squad": {
                 "source": {"url": f"{url}/qa.zip", "sha256": sha},
                 "head": "qa",
-                "config": {k: cfg.to_dict()[k] for k in (
-                    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                    "max_position_embeddings")},
+                "config": {
+                    k: cfg.to_dict()[k]
+                    for k in (
+                        "vocab_size",
+                        "hidden_size",
+                        "num_hidden_layers",
+                        "num_attention_heads",
+                        "intermediate_size",
+                        "max_position_embeddings",
+                    )
+                },
                 "vocab": str(ngc / "vocab.txt"),
             },
         }
     }
     # Sections the schema requires; these tests only build the teacher assets.
-    config.update({
-        "corpus": {"sources": [{"path": str(tmp_path / "corpus.txt")}]},
-        "student": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 16, "num_attention_heads": 4},
-        "general": {"phase1": {"seq": 64, "train": {"max_steps": 1}}, "phase2": {"seq": 128, "train": {"max_steps": 1}}},
-    })
+    config.update(
+        {
+            "corpus": {"sources": [{"path": str(tmp_path / "corpus.txt")}]},
+            "student": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 16, "num_attention_heads": 4},
+            "general": {
+                "phase1": {"seq": 64, "train": {"max_steps": 1}},
+                "phase2": {"seq": 128, "train": {"max_steps": 1}},
+            },
+        }
+    )
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     return wd, {"base": base, "squad": qa}
 
@@ -137,7 +151,10 @@ def test_default_config_plans_teachers_on_the_original_data(tmp_path):
         name, _, body = block.partition(":\n")
         inputs = next((line.split("input: ", 1)[1] for line in body.splitlines() if "input: " in line), "")
         blocks.setdefault(name.strip(), []).append(inputs.split(", "))
-    tuned = {next(p for p in inputs if p.startswith("results/") and p.endswith(".hdf5")) for inputs in blocks["finetune_teacher"]}
+    tuned = {
+        next(p for p in inputs if p.startswith("results/") and p.endswith(".hdf5"))
+        for inputs in blocks["finetune_teacher"]
+    }
     assert tuned == {"results/sst2/features/train_original.hdf5", "results/squad/features/train.hdf5"}
     assert blocks["finetune_features"] == [["results/data/sst2/train.tsv", "resources/teachers/base"]]
     assert any("results/sst2/augmented/train_aug.tsv" in inputs for inputs in blocks["task_features"])

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from helpers import planned_jobs, smk, tiny_teacher, write_corpus
 
 from bertdistill.checkpoints import load_model, load_projection
+from helpers import planned_jobs, smk, tiny_teacher, write_corpus
 
 pytestmark = pytest.mark.slow  # Snakemake and torchrun runs
 
@@ -19,8 +17,13 @@ def test_general_phases_run_rerun_and_targeted_rerun(tiny_workdir):
     wd = tiny_workdir
     target = "results/general/phase2"
     dry = smk(wd, "-n", "--cores", "2", target)
-    assert planned_jobs(dry) == {"import_teacher": 1, "corpus": 1, "pretraining_shard": 4,
-                                 "general_phase1": 1, "general_phase2": 1}
+    assert planned_jobs(dry) == {
+        "import_teacher": 1,
+        "corpus": 1,
+        "pretraining_shard": 4,
+        "general_phase1": 1,
+        "general_phase2": 1,
+    }
     smk(wd, "--cores", "2", target)
 
     p1, p2 = wd / "results/general/phase1", wd / "results/general/phase2"
@@ -55,13 +58,28 @@ def test_phase2_really_starts_from_phase1(tmp_path):
     teacher = tiny_teacher(tmp_path / "teacher")
     corpus = write_corpus(tmp_path / "corpus")
     prepare_corpus([{"path": str(corpus)}], tmp_path / "s.txt")
-    make_shard(tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / "shard.hdf5", 0, 1, 1, ShardSettings(max_seq_length=64))
+    make_shard(
+        tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / "shard.hdf5", 0, 1, 1, ShardSettings(max_seq_length=64)
+    )
     student = {"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 4}
-    general_distill(teacher, [tmp_path / "shard.hdf5"], tmp_path / "p1", train={"max_steps": 2, "batch_size": 4},
-                    losses={}, phase="phase1", student=student)
-    general_distill(teacher, [tmp_path / "shard.hdf5"], tmp_path / "p2",
-                    train={"max_steps": 2, "batch_size": 4, "lr": 1e-30, "schedule": "constant", "weight_decay": 0.0},
-                    losses={}, phase="phase2", init=tmp_path / "p1")
+    general_distill(
+        teacher,
+        [tmp_path / "shard.hdf5"],
+        tmp_path / "p1",
+        train={"max_steps": 2, "batch_size": 4},
+        losses={},
+        phase="phase1",
+        student=student,
+    )
+    general_distill(
+        teacher,
+        [tmp_path / "shard.hdf5"],
+        tmp_path / "p2",
+        train={"max_steps": 2, "batch_size": 4, "lr": 1e-30, "schedule": "constant", "weight_decay": 0.0},
+        losses={},
+        phase="phase2",
+        init=tmp_path / "p1",
+    )
     a, b = load_model(tmp_path / "p1").state_dict(), load_model(tmp_path / "p2").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert torch.allclose(load_projection(tmp_path / "p1").weight, load_projection(tmp_path / "p2").weight, atol=1e-6)
@@ -78,11 +96,29 @@ def test_cli_general_under_torchrun_two_processes(tmp_path):
 
     teacher = tiny_teacher(tmp_path / "teacher")
     prepare_corpus([{"path": str(write_corpus(tmp_path / "corpus"))}], tmp_path / "s.txt")
-    make_shard(tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / "shard.hdf5", 0, 1, 1, ShardSettings(max_seq_length=64))
-    cmd = [sys.executable, "-m", "bertdistill", "general", "--teacher", str(teacher), "--shards", str(tmp_path / "shard.hdf5"),
-           "--output", str(tmp_path / "out"), "--nproc", "2", "--phase", "phase1",
-           "--train", json.dumps({"max_steps": 3, "batch_size": 2, "log_every": 1}),
-           "--student", json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 4})]
+    make_shard(
+        tmp_path / "s.txt", teacher / "vocab.txt", tmp_path / "shard.hdf5", 0, 1, 1, ShardSettings(max_seq_length=64)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertdistill",
+        "general",
+        "--teacher",
+        str(teacher),
+        "--shards",
+        str(tmp_path / "shard.hdf5"),
+        "--output",
+        str(tmp_path / "out"),
+        "--nproc",
+        "2",
+        "--phase",
+        "phase1",
+        "--train",
+        json.dumps({"max_steps": 3, "batch_size": 2, "log_every": 1}),
+        "--student",
+        json.dumps({"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 4}),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "distill.json").read_text())

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-import yaml
 import pytest
-from helpers import PAIR, planned_jobs, smk, task_teacher, write_glove, write_pair_task, write_squad, write_sst2
+import yaml
 
 from bertdistill.checkpoints import load_model
+from helpers import PAIR, planned_jobs, smk, task_teacher, write_glove, write_pair_task, write_squad, write_sst2
 
 
 @pytest.mark.slow
@@ -18,20 +18,50 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     config = yaml.safe_load((wd / "config/config.yaml").read_text())
     squad_dir, sst2_dir = write_squad(tmp_path / "squad"), write_sst2(tmp_path / "sst2")
     config["teachers"]["squad"] = {"source": {"path": str(task_teacher(tmp_path / "t_squad", "qa"))}, "head": "qa"}
-    config["teachers"]["sst2"] = {"source": {"path": str(task_teacher(tmp_path / "t_sst2", "classification"))},
-                                  "head": "classification"}
-    stage = {"train": {"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "dynamic_padding": False,
-                       "log_every": 1}}
-    pred = {"train": {"epochs": 2, "batch_size": 8, "lr": 3e-5, "eval_every": 3, "keep": "best",
-                      "dynamic_padding": False, "log_every": 1}}
+    config["teachers"]["sst2"] = {
+        "source": {"path": str(task_teacher(tmp_path / "t_sst2", "classification"))},
+        "head": "classification",
+    }
+    stage = {
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "lr": 5e-5,
+            "schedule": "constant",
+            "dynamic_padding": False,
+            "log_every": 1,
+        }
+    }
+    pred = {
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "lr": 3e-5,
+            "eval_every": 3,
+            "keep": "best",
+            "dynamic_padding": False,
+            "log_every": 1,
+        }
+    }
     config["tasks"] = {
-        "squad": {"teacher": "squad", "init": "phase2", "train": {"path": str(squad_dir / "train-v1.1.json")},
-                  "dev": {"path": str(squad_dir / "dev-v1.1.json")},
-                  "features": {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16},
-                  "backbone": stage, "prediction": pred},
-        "sst2": {"teacher": "sst2", "init": "phase1", "train": {"path": str(sst2_dir / "train.tsv")},
-                 "dev": {"path": str(sst2_dir / "dev.tsv")}, "features": {"max_seq_length": 32},
-                 "backbone": stage, "prediction": pred},
+        "squad": {
+            "teacher": "squad",
+            "init": "phase2",
+            "train": {"path": str(squad_dir / "train-v1.1.json")},
+            "dev": {"path": str(squad_dir / "dev-v1.1.json")},
+            "features": {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16},
+            "backbone": stage,
+            "prediction": pred,
+        },
+        "sst2": {
+            "teacher": "sst2",
+            "init": "phase1",
+            "train": {"path": str(sst2_dir / "train.tsv")},
+            "dev": {"path": str(sst2_dir / "dev.tsv")},
+            "features": {"max_seq_length": 32},
+            "backbone": stage,
+            "prediction": pred,
+        },
     }
     # Augmentation on for both tasks: an MLM teacher (same vocab) and word vectors.
     config["teachers"]["mlm"] = {"source": {"path": str(task_teacher(tmp_path / "t_mlm", "mlm"))}, "head": "mlm"}
@@ -92,26 +122,49 @@ def test_sentence_pair_task_end_to_end(tiny_workdir, tmp_path):
     config = yaml.safe_load((wd / "config/config.yaml").read_text())
     data = write_pair_task(tmp_path / "rte")
     train = {"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "log_every": 1}
-    config["tasks"] = {"rte": {
-        "teacher": "finetune", "init": "phase1",
-        "train": {"path": str(data / "train.tsv")}, "dev": {"path": str(data / "dev.tsv")},
-        "features": {"max_seq_length": 48}, "augment": {"enabled": True, "n": 3},
-        "finetune": {"train": {**train, "epochs": 2, "lr": 1e-3, "eval_every": 5, "keep": "best"}},
-        "backbone": {"train": train},
-        "prediction": {"train": {**train, "epochs": 2, "eval_every": 4, "keep": "best"}},
-    }}
+    config["tasks"] = {
+        "rte": {
+            "teacher": "finetune",
+            "init": "phase1",
+            "train": {"path": str(data / "train.tsv")},
+            "dev": {"path": str(data / "dev.tsv")},
+            "features": {"max_seq_length": 48},
+            "augment": {"enabled": True, "n": 3},
+            "finetune": {"train": {**train, "epochs": 2, "lr": 1e-3, "eval_every": 5, "keep": "best"}},
+            "backbone": {"train": train},
+            "prediction": {"train": {**train, "epochs": 2, "eval_every": 4, "keep": "best"}},
+        }
+    }
     config["teachers"]["mlm"] = {"source": {"path": str(task_teacher(tmp_path / "t_mlm", "mlm"))}, "head": "mlm"}
     config["vectors"] = {"source": {"path": str(write_glove(tmp_path / "glove.txt"))}}
     config["augment"] = {"mlm": "mlm", "num_shards": 2, "m": 5}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
     target = "results/rte_final"
     jobs = planned_jobs(smk(wd, "-n", "--cores", "2", target))
-    assert {k: jobs.get(k) for k in ("augment_shard", "augment_gather", "finetune_features", "finetune_teacher",
-                                     "task_features", "teacher_logits", "task_backbone", "task_prediction",
-                                     "task_final")} == {"augment_shard": 2, "augment_gather": 1,
-                                                         "finetune_features": 1, "finetune_teacher": 1,
-                                                         "task_features": 1, "teacher_logits": 1,
-                                                         "task_backbone": 1, "task_prediction": 1, "task_final": 1}
+    assert {
+        k: jobs.get(k)
+        for k in (
+            "augment_shard",
+            "augment_gather",
+            "finetune_features",
+            "finetune_teacher",
+            "task_features",
+            "teacher_logits",
+            "task_backbone",
+            "task_prediction",
+            "task_final",
+        )
+    } == {
+        "augment_shard": 2,
+        "augment_gather": 1,
+        "finetune_features": 1,
+        "finetune_teacher": 1,
+        "task_features": 1,
+        "teacher_logits": 1,
+        "task_backbone": 1,
+        "task_prediction": 1,
+        "task_final": 1,
+    }
     smk(wd, "--cores", "2", target)
 
     # Augmented pairs: the task's own layout, every original row, variants that change one text.

@@ -13,7 +13,7 @@ import torch
 from bertdistill.checkpoints import save_model
 from bertdistill.model import BertConfig, BertModel
 from bertdistill.objectives import BackboneLossConfig, BackboneObjective, make_projection
-from bertdistill.train import Trainer, TrainConfig, TensorDataset
+from bertdistill.train import TensorDataset, TrainConfig, Trainer
 
 
 def main() -> None:
@@ -36,11 +36,17 @@ def main() -> None:
     out = Path(a.out)
 
     torch.manual_seed(0)
-    common = dict(vocab_size=60, num_attention_heads=4, max_position_embeddings=32,
-                  hidden_dropout_prob=a.dropout, attention_probs_dropout_prob=a.dropout)
+    common = dict(
+        vocab_size=60,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        hidden_dropout_prob=a.dropout,
+        attention_probs_dropout_prob=a.dropout,
+    )
     teacher = BertModel(BertConfig(hidden_size=32, num_hidden_layers=4, intermediate_size=48, **common))
-    student = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, **common),
-                        add_pooling_layer=False)
+    student = BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=32, **common), add_pooling_layer=False
+    )
     projection = make_projection(student.config, teacher.config, seed=0)
     g = torch.Generator().manual_seed(1)
     n, length = 40, 16
@@ -49,11 +55,21 @@ def main() -> None:
     mask = (torch.arange(length)[None] < lengths[:, None]).long()
     data = TensorDataset({"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})
 
-    objective = BackboneObjective(student, teacher.config, projection,
-                                  BackboneLossConfig(layer_map="uniform", masking=a.masking, embedding="mse"))
-    cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch, grad_accum=a.accum, lr=5e-3, optimizer=a.optimizer,
-                      snapshot_every=a.snapshot_every, log_every=1, seed=3,
-                      dynamic_padding=not a.no_dynamic_padding, device=a.device)
+    objective = BackboneObjective(
+        student, teacher.config, projection, BackboneLossConfig(layer_map="uniform", masking=a.masking, embedding="mse")
+    )
+    cfg = TrainConfig(
+        max_steps=a.steps,
+        batch_size=a.batch,
+        grad_accum=a.accum,
+        lr=5e-3,
+        optimizer=a.optimizer,
+        snapshot_every=a.snapshot_every,
+        log_every=1,
+        seed=3,
+        dynamic_padding=not a.no_dynamic_padding,
+        device=a.device,
+    )
 
     def on_step(step, terms):
         if step == a.block_at:

@@ -34,7 +34,8 @@ from .settings import AugmentSettings
 
 # TinyBERT's hard-coded list: NLTK's English stop words without what/which/who/whom/when/where/
 # why/how, plus "'s" and "'re" (173 entries).
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 i me my myself we our ours ourselves you you're you've you'll you'd your yours yourself yourselves he him his
 himself she she's her hers herself it it's its itself they them their theirs themselves this that that'll these
 those am is are was were be been being have has had having do does did doing a an the and but if or because as
@@ -44,7 +45,8 @@ nor not only own same so than too very s t can will just don don't should should
 aren aren't couldn couldn't didn didn't doesn doesn't hadn hadn't hasn hasn't haven haven't isn isn't ma mightn
 mightn't mustn mustn't needn needn't shan shan't shouldn shouldn't wasn wasn't weren weren't won won't wouldn
 wouldn't 's 're
-""".split())
+""".split()
+)
 _VALID = re.compile(r"^[a-z]+$")
 CHUNK_WORDS = 400  # the reference's chunk size: leaves room for WordPiece expansion within 512
 
@@ -146,7 +148,7 @@ def convert_vectors(source: str | Path, output: str | Path, fmt: str = "auto") -
     tmp = output.with_name(f".{output.name}.tmp")
     kv.save(str(tmp))
     for extra in tmp.parent.glob(f"{tmp.name}.*"):  # gensim may write side files for big arrays
-        os.replace(extra, output.with_name(output.name + extra.name[len(tmp.name):]))
+        os.replace(extra, output.with_name(output.name + extra.name[len(tmp.name) :]))
     os.replace(tmp, output)
     return len(kv.index_to_key)
 
@@ -154,8 +156,16 @@ def convert_vectors(source: str | Path, output: str | Path, fmt: str = "auto") -
 class Augmentor:
     """Candidate generation for many texts with one batched MLM pass."""
 
-    def __init__(self, mlm, tokenizer, vocab: Sequence[str], vectors: WordVectors, settings: AugmentSettings,
-                 device: str | torch.device = "cpu", lowercase: bool = True) -> None:
+    def __init__(
+        self,
+        mlm,
+        tokenizer,
+        vocab: Sequence[str],
+        vectors: WordVectors,
+        settings: AugmentSettings,
+        device: str | torch.device = "cpu",
+        lowercase: bool = True,
+    ) -> None:
         self.mlm = mlm.eval().to(device)
         self.tok = tokenizer
         self.tok.no_truncation()
@@ -174,7 +184,9 @@ class Augmentor:
 
         return basic_tokenize(text, self.lowercase)
 
-    def candidates(self, texts: Sequence[str], protected: Sequence[Iterable[str]] | None = None) -> list[TextCandidates]:
+    def candidates(
+        self, texts: Sequence[str], protected: Sequence[Iterable[str]] | None = None
+    ) -> list[TextCandidates]:
         """Candidate lists for every eligible word of every text (keys: word index in the text)."""
         results = [TextCandidates(self.words(t)) for t in texts]
         jobs: dict[int, list[tuple[int, int, list[int], int, int]]] = {}  # length -> (text, word, ids, n_first, pos)
@@ -324,8 +336,9 @@ def _answer_offsets(words: list[str], answer_words: list[str], expected_word: in
     return sum(len(w) + 1 for w in words[:best])
 
 
-def augment_squad_paragraphs(augmentor: Augmentor, paragraphs: Sequence[Mapping[str, Any]], indices: Sequence[int],
-                             settings: AugmentSettings) -> tuple[list[dict[str, Any]], AugmentStats, list[dict[str, Any]]]:
+def augment_squad_paragraphs(
+    augmentor: Augmentor, paragraphs: Sequence[Mapping[str, Any]], indices: Sequence[int], settings: AugmentSettings
+) -> tuple[list[dict[str, Any]], AugmentStats, list[dict[str, Any]]]:
     """Augmented copies of SQuAD paragraphs (contexts only; every answer word protected; answer
     offsets re-found at the occurrence nearest the original; ids made unique). Returns the new
     paragraphs (originals not included) in order."""

@@ -270,11 +270,18 @@ def _model_from_state(
             parts.append(f"missing {_key_list(missing)}")
         if unexpected:
             parts.append(f"unexpected {_key_list(unexpected)}")
-        hint = " (pass init_head=True to start a new head)" if head and all(
-            k.startswith(tuple(_HEAD_PREFIXES[head]) + ("bert.pooler.",)) for k in missing
-        ) and missing and not unexpected else ""
+        hint = (
+            " (pass init_head=True to start a new head)"
+            if head
+            and all(k.startswith(tuple(_HEAD_PREFIXES[head]) + ("bert.pooler.",)) for k in missing)
+            and missing
+            and not unexpected
+            else ""
+        )
         raise CheckpointError(f"{file}: key mismatch for a {HF_ARCHITECTURES[head]}: {'; '.join(parts)}{hint}")
-    bad_shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in source.items() if v.shape != target[k].shape]
+    bad_shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in source.items() if v.shape != target[k].shape
+    ]
     if bad_shapes:
         raise CheckpointError(f"{file}: shape mismatch (checkpoint vs config.json): {_key_list(bad_shapes)}")
     with torch.no_grad():
@@ -289,22 +296,36 @@ def _key_list(keys: list[str], limit: int = 12) -> str:
     return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def init_from_teacher(student: BertModel, teacher: BertModel, layers: list[int], source: str | Path = "teacher") -> None:
+def init_from_teacher(
+    student: BertModel, teacher: BertModel, layers: list[int], source: str | Path = "teacher"
+) -> None:
     """Copy the teacher's embeddings and its encoder layers ``layers`` (0-based, one per student
     layer) into ``student`` (DistilBERT-style initialisation; TinyBERT starts from random weights).
     The widths must be the teacher's: a one-line error names what differs."""
     s, t = student.config, teacher.config
     if len(layers) != s.num_hidden_layers:
-        raise CheckpointError(f"{source}: init_from_teacher_layers lists {len(layers)} layers but the student has "
-                              f"{s.num_hidden_layers}; give one teacher layer per student layer")
+        raise CheckpointError(
+            f"{source}: init_from_teacher_layers lists {len(layers)} layers but the student has "
+            f"{s.num_hidden_layers}; give one teacher layer per student layer"
+        )
     bad = [i for i in layers if not 0 <= i < t.num_hidden_layers]
     if bad:
-        raise CheckpointError(f"{source}: teacher layers {bad} do not exist (the teacher has {t.num_hidden_layers}, 0-based)")
-    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size", "max_position_embeddings",
-                "type_vocab_size"):
+        raise CheckpointError(
+            f"{source}: teacher layers {bad} do not exist (the teacher has {t.num_hidden_layers}, 0-based)"
+        )
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "vocab_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    ):
         if getattr(s, key) != getattr(t, key):
-            raise CheckpointError(f"{source}: student {key} {getattr(s, key)} != teacher's {getattr(t, key)}; "
-                                  "init_from_teacher_layers needs the teacher's widths")
+            raise CheckpointError(
+                f"{source}: student {key} {getattr(s, key)} != teacher's {getattr(t, key)}; "
+                "init_from_teacher_layers needs the teacher's widths"
+            )
     with torch.no_grad():
         student.embeddings.load_state_dict(teacher.embeddings.state_dict())
         for new, old in enumerate(layers):
@@ -322,7 +343,9 @@ def load_projection(folder: str | Path) -> nn.Linear | None:
             state = read_state_dict(folder / name)
             state = {k.removeprefix("module.").removeprefix("fit_dense."): v for k, v in state.items()}
             if set(state) != {"weight", "bias"}:
-                raise CheckpointError(f"{folder / name}: expected fit_dense.weight and fit_dense.bias, got {sorted(state)}")
+                raise CheckpointError(
+                    f"{folder / name}: expected fit_dense.weight and fit_dense.bias, got {sorted(state)}"
+                )
             out_dim, in_dim = state["weight"].shape
             proj = nn.Linear(in_dim, out_dim)
             proj.load_state_dict(state)

@@ -133,8 +133,9 @@ def _add_option(group: Any, flag: str, dest: str, hint: Any, help_text: str, req
 def _add_stage(sub: Any, entry: Stage) -> None:
     doc = entry.func.__doc__ or ""
     description = doc.split("\n    Args:")[0].strip().replace("\n    ", "\n")
-    p = sub.add_parser(entry.name, help=entry.summary, description=description,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        entry.name, help=entry.summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.set_defaults(_stage=entry.name)
     for name, param in entry.parameters.items():
         hint = entry.hints[name]
@@ -142,12 +143,25 @@ def _add_stage(sub: Any, entry: Stage) -> None:
         base, _ = unwrap_optional(hint)
         if is_settings(base):
             g = p.add_argument_group(f"{name} ({base.__name__}): give --{_kebab(name)} YAML and/or the fields")
-            g.add_argument(f"--{_kebab(name)}", dest=name, type=_mapping, metavar="YAML", default=None,
-                           help=f"{help_text}: a YAML/JSON mapping of the fields below, or @file")
+            g.add_argument(
+                f"--{_kebab(name)}",
+                dest=name,
+                type=_mapping,
+                metavar="YAML",
+                default=None,
+                help=f"{help_text}: a YAML/JSON mapping of the fields below, or @file",
+            )
             for field, (fhint, fdefault, fdoc) in dataclass_fields(base).items():
                 shown = "" if fdefault is None else f" (default: {fdefault})"
-                _add_option(g, f"--{_kebab(name)}.{_kebab(field)}", f"{name}.{field}", fhint, fdoc + shown,
-                            False, argparse.SUPPRESS)
+                _add_option(
+                    g,
+                    f"--{_kebab(name)}.{_kebab(field)}",
+                    f"{name}.{field}",
+                    fhint,
+                    fdoc + shown,
+                    False,
+                    argparse.SUPPRESS,
+                )
             continue
         required = param.default is param.empty and not unwrap_optional(hint)[1]
         if param.default not in (param.empty, None):

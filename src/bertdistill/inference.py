@@ -9,12 +9,15 @@ import torch
 
 
 def model_inputs(arrays: Mapping[str, np.ndarray], idx: slice | np.ndarray) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(arrays[k][idx].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {
+        k: torch.from_numpy(arrays[k][idx].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
 @torch.inference_mode()
-def predict_logits(model, arrays: Mapping[str, np.ndarray], batch_size: int = 64, device: str | torch.device = "cpu",
-                   trim: bool = True) -> np.ndarray:
+def predict_logits(
+    model, arrays: Mapping[str, np.ndarray], batch_size: int = 64, device: str | torch.device = "cpu", trim: bool = True
+) -> np.ndarray:
     """Logits of ``model`` (eval mode) over all features: ``[N, C]`` or ``[N, 2, L]`` for QA.
 
     ``trim`` runs the features longest first and cuts each batch to its longest sequence (a
@@ -50,8 +53,6 @@ def predict_logits(model, arrays: Mapping[str, np.ndarray], batch_size: int = 64
     result = np.empty((n, *out[0].shape[1:]), dtype=np.float32)
     result[order] = np.concatenate(out)
     return result
-
-
 
 
 def mlm_accuracy(model, data, batch_size: int, max_examples: int | None) -> dict[str, float]:

@@ -33,8 +33,18 @@ def run_stage(name: str, kwargs: Mapping[str, Any], nproc: int = 1) -> Any:
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"bertdistill-{name}-", delete=False) as f:
         json.dump(dict(kwargs), f, default=str)
     try:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "bertdistill", WORKER, name, f.name]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "bertdistill",
+            WORKER,
+            name,
+            f.name,
+        ]
         subprocess.run(cmd, check=True)
     finally:
         os.unlink(f.name)
@@ -50,7 +60,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def rule_kwargs(entry: Stage, rule: str, named: Mapping[str, Mapping[str, Any]], wildcards: Mapping[str, Any]) -> dict[str, Any]:
+def rule_kwargs(
+    entry: Stage, rule: str, named: Mapping[str, Mapping[str, Any]], wildcards: Mapping[str, Any]
+) -> dict[str, Any]:
     """A rule's named input/output/params items as the stage's keyword arguments, by name.
 
     Every named item must be a parameter of the stage (a rule cannot pass what its stage would
@@ -80,8 +92,11 @@ def run_rule(smk: Any) -> Any:
 
     with log_to(smk.log[0] if smk.log else None) as log:
         entry = for_rule(smk.rule)
-        named = {"input": dict(smk.input.items()), "output": dict(smk.output.items()),
-                 "params": dict(smk.params.items())}
+        named = {
+            "input": dict(smk.input.items()),
+            "output": dict(smk.output.items()),
+            "params": dict(smk.params.items()),
+        }
         kwargs = rule_kwargs(entry, smk.rule, named, dict(smk.wildcards.items()))
         log.info("rule %s -> stage %s(%s)", smk.rule, entry.name, ", ".join(kwargs))
         result = run_stage(entry.name, kwargs, nproc=int(getattr(smk.resources, "gpu", 0) or 0))

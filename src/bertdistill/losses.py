@@ -166,7 +166,9 @@ def embedding_loss(
     return hidden_loss(student_embedding, teacher_embedding, projection, attention_mask, kind, masking)
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Mean over all elements (batch × classes) of −softmax(z_t/T)·log_softmax(z_s/T).
 
     As the reference: no T² factor, and for SST-2 the value is half the per-example CE.

@@ -56,8 +56,7 @@ class BertConfig:
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of "
-                f"num_attention_heads {self.num_attention_heads}"
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
             )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACT2FN)}")
@@ -89,8 +88,15 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACT2FN = {"gelu": F.gelu, "relu": F.relu, "gelu_new": _gelu_new, "gelu_pytorch_tanh": _gelu_new,
-          "tanh": torch.tanh, "silu": F.silu, "swish": F.silu}
+ACT2FN = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": _gelu_new,
+    "tanh": torch.tanh,
+    "silu": F.silu,
+    "swish": F.silu,
+}
 
 
 @dataclass
@@ -460,7 +466,9 @@ class BertForMaskedLM(_HeadModel):
         """MLM logits ``[B, L, V]``; with a boolean ``masked_positions`` ``[B, L]`` only those
         positions go through the vocabulary projection and ``logits`` is ``[N, V]`` (row-major)."""
         one_per_row = (
-            masked_positions is not None and not internals and not self.training
+            masked_positions is not None
+            and not internals
+            and not self.training
             and bool((masked_positions.sum(1) == 1).all())
         )
         if one_per_row:

@@ -52,7 +52,9 @@ class BackboneObjective(nn.Module):
         self.projection = projection
         self.losses = losses or BackboneLossConfig()
         s_cfg = student.config
-        if s_cfg.num_attention_heads != teacher_config.num_attention_heads and (self.losses.attention or self.losses.value):
+        if s_cfg.num_attention_heads != teacher_config.num_attention_heads and (
+            self.losses.attention or self.losses.value
+        ):
             raise ValueError(
                 f"attention and value-relation losses compare heads one to one: student has "
                 f"{s_cfg.num_attention_heads}, teacher {teacher_config.num_attention_heads}"
@@ -94,10 +96,14 @@ class BackboneObjective(nn.Module):
                 terms["attention"] = terms.get("attention", 0) + v
             if cfg.value:
                 # Student and teacher have the same head count (checked); d differs, the relation is L×L.
-                v = value_relation_loss(out.context_layers[s], targets[f"context{s}"], self.num_heads, mask, cfg.masking)
+                v = value_relation_loss(
+                    out.context_layers[s], targets[f"context{s}"], self.num_heads, mask, cfg.masking
+                )
                 terms["value"] = terms.get("value", 0) + v
             if cfg.hidden:
-                v = hidden_loss(out.hidden_states[s + 1], targets[f"hidden{s}"], self.projection, mask, cfg.hidden, cfg.masking)
+                v = hidden_loss(
+                    out.hidden_states[s + 1], targets[f"hidden{s}"], self.projection, mask, cfg.hidden, cfg.masking
+                )
                 terms["hidden"] = terms.get("hidden", 0) + v
         if cfg.embedding:
             terms["embedding"] = embedding_loss(
@@ -136,7 +142,9 @@ class PredictionObjective(nn.Module):
         s = student_logits(self.student, batch)
         t = targets["logits"]
         if s.dim() == 3:  # QA: start and end
-            loss = soft_cross_entropy(s[:, 0], t[:, 0], self.temperature) + soft_cross_entropy(s[:, 1], t[:, 1], self.temperature)
+            loss = soft_cross_entropy(s[:, 0], t[:, 0], self.temperature) + soft_cross_entropy(
+                s[:, 1], t[:, 1], self.temperature
+            )
         else:
             loss = soft_cross_entropy(s, t, self.temperature)
         return {"prediction": loss, "loss": loss}

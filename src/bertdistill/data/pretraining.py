@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..checkpoints import read_vocab
-from ..tokenization import load_tokenizer
 from ..settings import ShardSettings
+from ..tokenization import load_tokenizer
 from .corpus import CorpusError, read_sentence_documents
 
 # NVIDIA legacy HDF5 schema: dataset -> (dtype, per-example shape key)
@@ -116,7 +116,7 @@ def create_instances(
                         if r != doc_index:
                             break
                     other = documents[r]
-                    for seg in other[rng.randint(0, len(other) - 1):]:
+                    for seg in other[rng.randint(0, len(other) - 1) :]:
                         b.extend(seg)
                         if len(b) >= target_b:
                             break
@@ -171,10 +171,19 @@ def make_shard(
         for d in range(len(documents)):
             instances.extend(create_instances(documents, d, settings, rng, ids, len(vocab)))
     rng.shuffle(instances)
-    write_hdf5(instances, output, settings, attrs={
-        "vocab_sha256": vocab_sha256(vocab_file), "shard_index": shard_index, "num_shards": num_shards,
-        "seed": seed, "max_seq_length": settings.max_seq_length, "masking": settings.masking,
-    })
+    write_hdf5(
+        instances,
+        output,
+        settings,
+        attrs={
+            "vocab_sha256": vocab_sha256(vocab_file),
+            "shard_index": shard_index,
+            "num_shards": num_shards,
+            "seed": seed,
+            "max_seq_length": settings.max_seq_length,
+            "masking": settings.masking,
+        },
+    )
     return len(instances)
 
 
@@ -183,8 +192,10 @@ def write_hdf5(instances: Sequence[Instance], output: str | Path, s: ShardSettin
     import h5py
 
     n, L, P = len(instances), s.max_seq_length, max(1, s.max_predictions)
-    arrays = {k: np.zeros((n, L if shape == "seq" else P) if shape else (n,), dtype=dt)
-              for k, (dt, shape) in HDF5_SCHEMA.items()}
+    arrays = {
+        k: np.zeros((n, L if shape == "seq" else P) if shape else (n,), dtype=dt)
+        for k, (dt, shape) in HDF5_SCHEMA.items()
+    }
     for r, inst in enumerate(instances):
         m = len(inst.tokens)
         arrays["input_ids"][r, :m] = inst.tokens
@@ -222,8 +233,14 @@ class PretrainingData:
     masked), ``next_sentence_labels``.
     """
 
-    def __init__(self, input_ids: np.ndarray, segment_ids: np.ndarray, input_mask: np.ndarray,
-                 labels: np.ndarray, nsp: np.ndarray) -> None:
+    def __init__(
+        self,
+        input_ids: np.ndarray,
+        segment_ids: np.ndarray,
+        input_mask: np.ndarray,
+        labels: np.ndarray,
+        nsp: np.ndarray,
+    ) -> None:
         self.input_ids, self.segment_ids, self.input_mask = input_ids, segment_ids, input_mask
         self.labels, self.nsp = labels, nsp
 
@@ -355,7 +372,10 @@ def read_lddl_parquet(paths: Sequence[str | Path], vocab_file: str | Path) -> Pr
             labels[r, pos] = to_ids(row["masked_lm_labels"].split())
     if unknown:
         sample = ", ".join(sorted(unknown)[:5])
-        raise ShardError(f"{paths[0]}: {len(unknown)} tokens not in {vocab_file} (e.g. {sample}); use the vocab the shards were made with")
+        raise ShardError(
+            f"{paths[0]}: {len(unknown)} tokens not in {vocab_file} (e.g. {sample}); "
+            "use the vocab the shards were made with"
+        )
     return PretrainingData(input_ids, seg, mask, labels, nsp)
 
 

@@ -132,7 +132,9 @@ def load_squad_json(path: str | Path) -> list[dict[str, Any]]:
                     for a in qa["answers"]:
                         assert isinstance(a["text"], str) and isinstance(a["answer_start"], int)
     except (KeyError, TypeError, AssertionError):
-        raise SquadError(f"{path}: entries lack paragraphs/context/qas/id/question/answers; not a SQuAD v1.1 file") from None
+        raise SquadError(
+            f"{path}: entries lack paragraphs/context/qas/id/question/answers; not a SQuAD v1.1 file"
+        ) from None
     return data
 
 
@@ -233,8 +235,9 @@ def build_features(
             doc_cache[key] = len(unique_docs)
             unique_docs.append(e.doc_tokens)
     d_enc = tokenizer.encode_batch(unique_docs, is_pretokenized=True, add_special_tokens=False) if unique_docs else []
-    a_enc = (tokenizer.encode_batch([e.answer_text or "" for e in examples], add_special_tokens=False)
-             if training else None)
+    a_enc = (
+        tokenizer.encode_batch([e.answer_text or "" for e in examples], add_special_tokens=False) if training else None
+    )
 
     rows: dict[str, list] = {k: [] for k in ("ids", "types", "ex", "start", "end", "t2o", "maxc")}
     for ex_i, ex in enumerate(examples):
@@ -246,7 +249,9 @@ def build_features(
         if training:
             orig_to_tok = np.searchsorted(tok_to_orig, np.arange(len(ex.doc_tokens) + 1), side="left")
             tok_start = int(orig_to_tok[ex.start_word])
-            tok_end = int(orig_to_tok[ex.end_word + 1]) - 1 if ex.end_word < len(ex.doc_tokens) - 1 else len(doc_ids) - 1
+            tok_end = (
+                int(orig_to_tok[ex.end_word + 1]) - 1 if ex.end_word < len(ex.doc_tokens) - 1 else len(doc_ids) - 1
+            )
             tok_start, tok_end = _improve_span(doc_ids, tok_start, tok_end, a_enc[ex_i].ids)
         max_doc = max_seq_length - len(q) - 3
         spans: list[tuple[int, int]] = []
@@ -287,7 +292,9 @@ def build_features(
         types[r, : len(ty)] = ty
         mask[r, : len(ids)] = 1
     return SquadFeatures(
-        input_ids, mask, types,
+        input_ids,
+        mask,
+        types,
         np.asarray(rows["ex"], dtype=np.int32),
         np.asarray(rows["start"], dtype=np.int32),
         np.asarray(rows["end"], dtype=np.int32),
@@ -304,8 +311,9 @@ def basic_tokenize(text: str, lowercase: bool = True) -> list[str]:
     """BERT's BasicTokenizer (clean text, CJK split, lower-case + strip accents, punctuation split)."""
     from tokenizers import normalizers, pre_tokenizers
 
-    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=lowercase,
-                                      lowercase=lowercase)
+    norm = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
     return [t for t, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(norm.normalize_str(text))]
 
 

@@ -7,15 +7,43 @@ parameter names, so the one generic entry ``scripts/run_stage.py`` runs any rule
 Adding a stage = one function here + one rule.
 """
 
-from .assets import describe_model, download, import_teacher, sst2_data, squad_cloze, word_vectors
+from .assets import describe_model, download, import_teacher, squad_cloze, sst2_data, word_vectors
 from .augment import adapt_mlm, augment_gather, augment_shard
 from .pretraining import corpus, general_distill, shard
 from .registry import STAGES, Stage, StageError, for_rule, stage
-from .tasks import finetune_teacher, task_backbone, task_features, task_final, task_prediction, task_teacher_logits, train_features
+from .tasks import (
+    finetune_teacher,
+    task_backbone,
+    task_features,
+    task_final,
+    task_prediction,
+    task_teacher_logits,
+    train_features,
+)
 
 __all__ = [
-    "STAGES", "Stage", "StageError", "for_rule", "stage",
-    "adapt_mlm", "augment_gather", "augment_shard", "corpus", "describe_model", "download", "finetune_teacher",
-    "general_distill", "import_teacher", "shard", "sst2_data", "squad_cloze", "task_backbone", "task_features",
-    "task_final", "task_prediction", "task_teacher_logits", "train_features", "word_vectors",
+    "STAGES",
+    "Stage",
+    "StageError",
+    "for_rule",
+    "stage",
+    "adapt_mlm",
+    "augment_gather",
+    "augment_shard",
+    "corpus",
+    "describe_model",
+    "download",
+    "finetune_teacher",
+    "general_distill",
+    "import_teacher",
+    "shard",
+    "sst2_data",
+    "squad_cloze",
+    "task_backbone",
+    "task_features",
+    "task_final",
+    "task_prediction",
+    "task_teacher_logits",
+    "train_features",
+    "word_vectors",
 ]

@@ -64,8 +64,12 @@ def import_teacher(
         vocab_path = Path(vocab) if vocab else folder / VOCAB_NAME
         if not vocab_path.is_file():
             raise CheckpointError(f"{vocab_path}: missing; set 'vocab' for this teacher in the config")
-        settings = {"stage": "import_teacher", "source": dict(source), "head": head,
-                    "parameters": model.num_parameters()}
+        settings = {
+            "stage": "import_teacher",
+            "source": dict(source),
+            "head": head,
+            "parameters": model.num_parameters(),
+        }
         return save_model(model, output, vocab=vocab_path, settings=settings, overwrite=True)
 
 

@@ -18,7 +18,12 @@ HELDOUT_BATCH = 64  # sequences per batch when scoring held-out masked tokens
 
 @stage("adapt-mlm", rules=("adapt_mlm",), distributed=True)
 def adapt_mlm(
-    teacher: Path, shards: list[Path], heldout: list[Path], output: Path, train: TrainConfig, heldout_examples: int,
+    teacher: Path,
+    shards: list[Path],
+    heldout: list[Path],
+    output: Path,
+    train: TrainConfig,
+    heldout_examples: int,
     snapshot_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Continue masked-LM training of a teacher without an MLM head (a new head, decoder tied to the
@@ -55,15 +60,31 @@ def adapt_mlm(
         return metrics
 
     record = {"stage": "adapt_mlm", "teacher": str(teacher), "examples": len(data)}
-    train_and_save(MaskedLMObjective(model), data, train=train, output=output, snapshot_dir=snapshot_dir,
-                   record=record, vocab=vocab, after_fit=after, after_fit_file="mlm_accuracy.json")
+    train_and_save(
+        MaskedLMObjective(model),
+        data,
+        train=train,
+        output=output,
+        snapshot_dir=snapshot_dir,
+        record=record,
+        vocab=vocab,
+        after_fit=after,
+        after_fit_file="mlm_accuracy.json",
+    )
     return metrics
 
 
 @stage("augment", rules=("augment_shard",))
 def augment_shard(
-    task: TaskName, train: Path, mlm: Path, vectors: Path, output: Path, shard_index: int, num_shards: int,
-    settings: AugmentSettings, device: str = "auto",
+    task: TaskName,
+    train: Path,
+    mlm: Path,
+    vectors: Path,
+    output: Path,
+    shard_index: int,
+    num_shards: int,
+    settings: AugmentSettings,
+    device: str = "auto",
 ) -> dict[str, int]:
     """Augment texts ``shard_index, shard_index + num_shards, ...`` of a task's training data; the
     part file (JSON) appears only when the shard is complete (a killed shard simply reruns).
@@ -87,11 +108,26 @@ def augment_shard(
 
     t = get_task(task)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    augmentor = Augmentor(load_model(mlm, head="mlm"), load_tokenizer(mlm / VOCAB_NAME), read_vocab(mlm / VOCAB_NAME),
-                          WordVectors.load(vectors, settings.vector_vocab), settings, device=dev)
+    augmentor = Augmentor(
+        load_model(mlm, head="mlm"),
+        load_tokenizer(mlm / VOCAB_NAME),
+        read_vocab(mlm / VOCAB_NAME),
+        WordVectors.load(vectors, settings.vector_vocab),
+        settings,
+        device=dev,
+    )
     part, stats, samples = t.augment(augmentor, train, shard_index, num_shards, settings)
-    write_json({"task": task, "shard": shard_index, "num_shards": num_shards, "stats": dataclasses.asdict(stats),
-                "samples": samples, **part}, output)
+    write_json(
+        {
+            "task": task,
+            "shard": shard_index,
+            "num_shards": num_shards,
+            "stats": dataclasses.asdict(stats),
+            "samples": samples,
+            **part,
+        },
+        output,
+    )
     return dataclasses.asdict(stats)
 
 

@@ -63,14 +63,22 @@ def train_and_save(
             "wall_s": round(result.wall_s, 3),
             "final_loss_terms": result.last_terms,
         }
-        save_model(objective.student, output, vocab=vocab, projection=objective.projection, settings=settings,
-                   extra_files=files, overwrite=True)
+        save_model(
+            objective.student,
+            output,
+            vocab=vocab,
+            projection=objective.projection,
+            settings=settings,
+            extra_files=files,
+            overwrite=True,
+        )
     trainer.clear_snapshots()
     return result
 
 
-def dev_evaluator(task: Any, dev_features: Path, dev: Path, vocab: Path, batch_size: int, n_best: int,
-                  max_answer_length: int) -> Callable[[Any], dict[str, float]]:
+def dev_evaluator(
+    task: Any, dev_features: Path, dev: Path, vocab: Path, batch_size: int, n_best: int, max_answer_length: int
+) -> Callable[[Any], dict[str, float]]:
     """``evaluate(model)`` for the trainer: the task's dev metrics plus ``metric`` (the one that
     selects checkpoints)."""
     from ..tasks import read_h5

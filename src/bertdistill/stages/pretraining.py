@@ -111,8 +111,14 @@ def general_distill(
     else:
         spec = dict(student)
         init_layers = spec.pop("init_from_teacher_layers", None)
-        inherited = ("vocab_size", "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps",
-                     "pad_token_id")
+        inherited = (
+            "vocab_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "hidden_act",
+            "layer_norm_eps",
+            "pad_token_id",
+        )
         scfg = BertConfig.from_dict({**{k: getattr(tcfg, k) for k in inherited}, **spec})
         if scfg.vocab_size != tcfg.vocab_size:
             raise CheckpointError(
@@ -126,8 +132,23 @@ def general_distill(
         projection = make_projection(scfg, tcfg, seed=train.seed)
     data = load_shards(shards, vocab_file=vocab)
     objective = BackboneObjective(student_model, tcfg, projection, losses)
-    record = {"stage": phase, "teacher": str(teacher), "init": str(init), "student": dict(student or {}),
-              "losses": describe(losses), "examples": len(data), "shards": [str(s) for s in shards]}
-    train_and_save(objective, data, train=train, output=output, snapshot_dir=snapshot_dir, record=record,
-                   vocab=vocab, teacher=teacher_model)
+    record = {
+        "stage": phase,
+        "teacher": str(teacher),
+        "init": str(init),
+        "student": dict(student or {}),
+        "losses": describe(losses),
+        "examples": len(data),
+        "shards": [str(s) for s in shards],
+    }
+    train_and_save(
+        objective,
+        data,
+        train=train,
+        output=output,
+        snapshot_dir=snapshot_dir,
+        record=record,
+        vocab=vocab,
+        teacher=teacher_model,
+    )
     return output

@@ -74,6 +74,7 @@ def stage(name: str, rules: Sequence[str] = (), distributed: bool = False) -> Ca
     def register(func: Callable) -> Callable:
         if name in STAGES:
             raise ValueError(f"stage {name!r} registered twice")
+
         @functools.wraps(func)
         def call(*args: Any, **kwargs: Any) -> Any:
             try:

@@ -20,8 +20,9 @@ from .common import dev_evaluator, train_and_save
 from .registry import TaskName, describe, stage
 
 
-def _features(task: TaskName, source: Path, vocab: Path, output: Path, training: bool,
-              settings: FeatureSettings) -> int:
+def _features(
+    task: TaskName, source: Path, vocab: Path, output: Path, training: bool, settings: FeatureSettings
+) -> int:
     t0 = time.time()
     arrays, attrs = build_task_features(get_task(task), source, vocab_file(vocab), training, settings)
     attrs["wall_s"] = round(time.time() - t0, 3)
@@ -31,7 +32,12 @@ def _features(task: TaskName, source: Path, vocab: Path, output: Path, training:
 
 @stage("features", rules=("task_features",))
 def task_features(
-    task: TaskName, train: Path, dev: Path, vocab: Path, train_output: Path, dev_output: Path,
+    task: TaskName,
+    train: Path,
+    dev: Path,
+    vocab: Path,
+    train_output: Path,
+    dev_output: Path,
     settings: FeatureSettings,
 ) -> dict[str, int]:
     """Feature files (HDF5) of the training and dev splits: their own stage, never inside training.
@@ -45,8 +51,10 @@ def task_features(
         dev_output: dev features
         settings: feature windows (unset fields: the task's defaults)
     """
-    return {"train": _features(task, train, vocab, train_output, True, settings),
-            "dev": _features(task, dev, vocab, dev_output, False, settings)}
+    return {
+        "train": _features(task, train, vocab, train_output, True, settings),
+        "dev": _features(task, dev, vocab, dev_output, False, settings),
+    }
 
 
 @stage("train-features", rules=("finetune_features",))
@@ -65,8 +73,9 @@ def train_features(task: TaskName, train: Path, vocab: Path, output: Path, setti
 
 
 @stage("teacher-logits", rules=("teacher_logits",))
-def task_teacher_logits(task: TaskName, teacher: Path, features: Path, output: Path, batch_size: int,
-                        device: str = "auto") -> Path:
+def task_teacher_logits(
+    task: TaskName, teacher: Path, features: Path, output: Path, batch_size: int, device: str = "auto"
+) -> Path:
     """The task teacher's logits over the training features, computed once in eval mode (the
     reference recomputes them every batch with dropout on; the mode is recorded in the file).
 
@@ -90,9 +99,18 @@ def task_teacher_logits(task: TaskName, teacher: Path, features: Path, output: P
     # QA: full-length inputs, since the prediction loss's softmax runs over every position, padding
     # included. Classification reads [CLS] only, which padding does not change: trimmed batches.
     logits = predict_logits(model, arrays, batch_size, dev, trim=t.head != "qa")
-    write_h5({"teacher_logits": logits.astype(np.float32)}, output,
-             {"task": task, "teacher": str(teacher), "features": str(features), "teacher_mode": "eval",
-              "features_vocab_sha256": attrs.get("vocab_sha256", ""), "wall_s": round(time.time() - t0, 3)})
+    write_h5(
+        {"teacher_logits": logits.astype(np.float32)},
+        output,
+        {
+            "task": task,
+            "teacher": str(teacher),
+            "features": str(features),
+            "teacher_mode": "eval",
+            "features_vocab_sha256": attrs.get("vocab_sha256", ""),
+            "wall_s": round(time.time() - t0, 3),
+        },
+    )
     return output
 
 
@@ -103,20 +121,33 @@ def _task_dataset(features: Path, logits: Path | None = None, keys: tuple[str, .
     from ..train import TensorDataset
 
     arrays, _ = read_h5(features)
-    tensors = {k: torch.from_numpy(arrays[k].astype(np.int64))
-               for k in ("input_ids", "attention_mask", "token_type_ids", *keys) if k in arrays}
+    tensors = {
+        k: torch.from_numpy(arrays[k].astype(np.int64))
+        for k in ("input_ids", "attention_mask", "token_type_ids", *keys)
+        if k in arrays
+    }
     if logits is not None:
         la, _ = read_h5(logits, required=("teacher_logits",))
         if len(la["teacher_logits"]) != len(arrays["input_ids"]):
-            raise CheckpointError(f"{logits}: {len(la['teacher_logits'])} rows for {len(arrays['input_ids'])} "
-                                  f"features in {features}; rebuild the teacher logits")
+            raise CheckpointError(
+                f"{logits}: {len(la['teacher_logits'])} rows for {len(arrays['input_ids'])} "
+                f"features in {features}; rebuild the teacher logits"
+            )
         tensors["teacher_logits"] = torch.from_numpy(la["teacher_logits"])
     return TensorDataset(tensors)
 
 
 @stage("backbone", rules=("task_backbone",), distributed=True)
-def task_backbone(task: TaskName, teacher: Path, init: Path, features: Path, output: Path, train: TrainConfig,
-                  losses: BackboneLossConfig, snapshot_dir: Path | None = None) -> Path:
+def task_backbone(
+    task: TaskName,
+    teacher: Path,
+    init: Path,
+    features: Path,
+    output: Path,
+    train: TrainConfig,
+    losses: BackboneLossConfig,
+    snapshot_dir: Path | None = None,
+) -> Path:
     """Backbone (intermediate-layer) distillation on task data, from a general student with its
     projection (SQuAD from phase 2, SST-2 from phase 1).
 
@@ -140,18 +171,43 @@ def task_backbone(task: TaskName, teacher: Path, init: Path, features: Path, out
     student.pooler = None
     data = _task_dataset(features)
     objective = BackboneObjective(student, tmodel.config, load_projection(init), losses)
-    record = {"stage": f"{task}_backbone", "teacher": str(teacher), "init": str(init), "features": str(features),
-              "losses": describe(losses), "examples": len(data)}
-    train_and_save(objective, data, train=train, output=output, snapshot_dir=snapshot_dir, record=record,
-                   vocab=teacher / VOCAB_NAME, teacher=tmodel)
+    record = {
+        "stage": f"{task}_backbone",
+        "teacher": str(teacher),
+        "init": str(init),
+        "features": str(features),
+        "losses": describe(losses),
+        "examples": len(data),
+    }
+    train_and_save(
+        objective,
+        data,
+        train=train,
+        output=output,
+        snapshot_dir=snapshot_dir,
+        record=record,
+        vocab=teacher / VOCAB_NAME,
+        teacher=tmodel,
+    )
     return output
 
 
 @stage("prediction", rules=("task_prediction",), distributed=True)
 def task_prediction(
-    task: TaskName, teacher: Path, backbone: Path, features: Path, dev_features: Path, dev: Path, output: Path,
-    train: TrainConfig, temperature: float, eval_batch_size: int, n_best: int, max_answer_length: int,
-    teacher_logits: Path | None = None, snapshot_dir: Path | None = None,
+    task: TaskName,
+    teacher: Path,
+    backbone: Path,
+    features: Path,
+    dev_features: Path,
+    dev: Path,
+    output: Path,
+    train: TrainConfig,
+    temperature: float,
+    eval_batch_size: int,
+    n_best: int,
+    max_answer_length: int,
+    teacher_logits: Path | None = None,
+    snapshot_dir: Path | None = None,
 ) -> Path:
     """Prediction-layer distillation: soft cross-entropy against the teacher's logits (cached, or
     the live teacher), a new head on the backbone student, dev evaluation every ``eval_every``
@@ -185,18 +241,42 @@ def task_prediction(
     data = _task_dataset(features, teacher_logits)
     vocab = teacher / VOCAB_NAME
     evaluate = dev_evaluator(t, dev_features, dev, vocab, eval_batch_size, n_best, max_answer_length)
-    record = {"stage": f"{task}_prediction", "teacher": str(teacher), "backbone": str(backbone),
-              "features": str(features), "teacher_logits": str(teacher_logits), "temperature": temperature,
-              "examples": len(data)}
-    train_and_save(PredictionObjective(student, temperature), data, train=train, output=output,
-                   snapshot_dir=snapshot_dir, record=record, vocab=vocab, teacher=tmodel, evaluate=evaluate)
+    record = {
+        "stage": f"{task}_prediction",
+        "teacher": str(teacher),
+        "backbone": str(backbone),
+        "features": str(features),
+        "teacher_logits": str(teacher_logits),
+        "temperature": temperature,
+        "examples": len(data),
+    }
+    train_and_save(
+        PredictionObjective(student, temperature),
+        data,
+        train=train,
+        output=output,
+        snapshot_dir=snapshot_dir,
+        record=record,
+        vocab=vocab,
+        teacher=tmodel,
+        evaluate=evaluate,
+    )
     return output
 
 
 @stage("finetune", rules=("finetune_teacher",), distributed=True)
 def finetune_teacher(
-    task: TaskName, teacher: Path, features: Path, dev_features: Path, dev: Path, output: Path, train: TrainConfig,
-    eval_batch_size: int, n_best: int, max_answer_length: int, snapshot_dir: Path | None = None,
+    task: TaskName,
+    teacher: Path,
+    features: Path,
+    dev_features: Path,
+    dev: Path,
+    output: Path,
+    train: TrainConfig,
+    eval_batch_size: int,
+    n_best: int,
+    max_answer_length: int,
+    snapshot_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a base teacher on a task's hard labels (a new classification or start/end head),
     keeping the best dev checkpoint; the dev metric is recorded in ``distill.json``.
@@ -225,8 +305,16 @@ def finetune_teacher(
     vocab = teacher / VOCAB_NAME
     evaluate = dev_evaluator(t, dev_features, dev, vocab, eval_batch_size, n_best, max_answer_length)
     record = {"stage": f"finetune_{task}", "teacher": str(teacher), "examples": len(data)}
-    result = train_and_save(SupervisedObjective(model), data, train=train, output=output, snapshot_dir=snapshot_dir,
-                            record=record, vocab=vocab, evaluate=evaluate)
+    result = train_and_save(
+        SupervisedObjective(model),
+        data,
+        train=train,
+        output=output,
+        snapshot_dir=snapshot_dir,
+        record=record,
+        vocab=vocab,
+        evaluate=evaluate,
+    )
     return result.selection
 
 
@@ -236,7 +324,11 @@ def _teacher_logits_record(student: Path) -> dict[str, Any]:
     record = json.loads((student / "distill.json").read_text()) if (student / "distill.json").is_file() else {}
     cached = record.get("teacher_logits")
     if cached not in (None, "None"):
-        mode = read_h5(cached, required=("teacher_logits",))[1].get("teacher_mode", "eval") if Path(cached).is_file() else "eval"
+        mode = (
+            read_h5(cached, required=("teacher_logits",))[1].get("teacher_mode", "eval")
+            if Path(cached).is_file()
+            else "eval"
+        )
         return {"teacher_logits": "cached", "teacher_logits_mode": str(mode)}
     dropout = record.get("train", {}).get("teacher_dropout", True)
     return {"teacher_logits": "live", "teacher_logits_mode": "train (dropout on)" if dropout else "eval"}
@@ -244,9 +336,18 @@ def _teacher_logits_record(student: Path) -> dict[str, Any]:
 
 @stage("final", rules=("task_final",))
 def task_final(
-    task: TaskName, student: Path, teacher: Path, dev_features: Path, dev: Path, output: Path,
-    eval_batch_size: int, n_best: int, max_answer_length: int,
-    general: list[Path] | None = None, features: Path | None = None, backbone: Path | None = None,
+    task: TaskName,
+    student: Path,
+    teacher: Path,
+    dev_features: Path,
+    dev: Path,
+    output: Path,
+    eval_batch_size: int,
+    n_best: int,
+    max_answer_length: int,
+    general: list[Path] | None = None,
+    features: Path | None = None,
+    backbone: Path | None = None,
 ) -> dict[str, Any]:
     """``results/{task}_final``: the student with its head, ``metrics.json`` (student and teacher
     dev metrics by the same code, the trivial baseline, sizes, retention, wall time per stage)
@@ -273,8 +374,12 @@ def task_final(
     t_model = load_model(teacher, head=t.head)
     s_metrics, s_preds = t.evaluate(s_model, dev_arrays, dev, vocab, eval_batch_size, n_best, max_answer_length)
     t_metrics, t_preds = t.evaluate(t_model, dev_arrays, dev, vocab, eval_batch_size, n_best, max_answer_length)
-    stages = {**{f"general_{Path(p).name}": p for p in general or []}, "features": features, "backbone": backbone,
-              "prediction": student}
+    stages = {
+        **{f"general_{Path(p).name}": p for p in general or []},
+        "features": features,
+        "backbone": backbone,
+        "prediction": student,
+    }
     wall = {}
     for name, path in stages.items():  # model folders (distill.json) or HDF5 files (attrs)
         if path is None:
