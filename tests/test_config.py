@@ -203,3 +203,32 @@ def test_shipped_config_is_explicit():
 
     walk(config, schema, "config")
     assert not implicit, implicit
+
+
+@pytest.mark.parametrize(
+    "where, key, value",
+    [
+        ("backbone", "temperature", 2.0),  # a prediction-stage setting
+        ("prediction", "losses", {}),  # a backbone-stage setting
+        ("backbone", "losses", {"attention": "cosine"}),  # task losses are validated like general.losses
+        ("backbone", "losses", {"weights": {"atention": 2.0}}),
+    ],
+)
+def test_a_key_a_stage_does_not_use_is_an_error(where, key, value):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["tasks"]["sst2"][where][key] = value
+    with pytest.raises(WorkflowError):
+        validate(config, str(SCHEMA))
+
+
+def test_unregistered_task_is_a_one_line_error():
+    from bertdistill.config import check_config
+    from bertdistill.tasks import TaskError
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["tasks"]["sst5"] = config["tasks"]["sst2"]
+    with pytest.raises(TaskError, match="unknown task 'sst5'; known tasks: squad, sst2"):
+        check_config(config)

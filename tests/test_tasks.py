@@ -151,3 +151,30 @@ def test_sorted_trimmed_prediction_equals_full_length(tmp_path, head):
         assert (fast[~real] == -10000.0).all()
     else:
         assert np.allclose(fast, full, atol=1e-5)
+
+
+def test_metrics_say_the_teacher_ran_live_with_dropout(tmp_path):
+    """Without cached logits the prediction stage runs the teacher every batch, with its dropout
+    on by default (the reference's way); metrics.json says so instead of claiming eval mode."""
+    teacher = task_teacher(tmp_path / "teacher", "classification")
+    d = write_sst2(tmp_path / "data", n_train=16, n_dev=8)
+    f = tmp_path / "f"
+    stages.task_features("sst2", d / "train.tsv", d / "dev.tsv", teacher, f / "train.hdf5", f / "dev.hdf5", {})
+    general = general_student(tmp_path / "general", teacher)
+    evaluation = {"eval_batch_size": 8, "n_best": 20, "max_answer_length": 30}
+    stages.task_prediction(
+        "sst2",
+        teacher,
+        general,
+        f / "train.hdf5",
+        f / "dev.hdf5",
+        d / "dev.tsv",
+        tmp_path / "prediction",
+        train={"max_steps": 2, "batch_size": 8},
+        temperature=1.0,
+        **evaluation,
+    )
+    metrics = stages.task_final(
+        "sst2", tmp_path / "prediction", teacher, f / "dev.hdf5", d / "dev.tsv", tmp_path / "final", **evaluation
+    )
+    assert (metrics["teacher_logits"], metrics["teacher_logits_mode"]) == ("live", "train (dropout on)")
