@@ -119,8 +119,8 @@ rule squad_cloze:
 rule adapt_mlm:
     input:
         teacher=general_teacher_dir(),
-        shards=built_shards(config["general"]["phase1"]["seq"])[:-1],
-        heldout=built_shards(config["general"]["phase1"]["seq"])[-1:],
+        shards=adapt_mlm_shards("train"),
+        heldout=adapt_mlm_shards("heldout"),
     output:
         output=directory("results/adapt_mlm"),
     log:

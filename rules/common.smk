@@ -93,6 +93,12 @@ def built_shards(seq):
     return gather.shards("results/shards/seq{seq}/shard_{scatteritem}.hdf5", seq=seq)
 
 
+def adapt_mlm_shards(part):
+    """Phase 1's shards: the last one is held out (with a single shard, it is also trained on)."""
+    shards = built_shards(config["general"]["phase1"]["seq"])
+    return shards[-1:] if part == "heldout" else (shards[:-1] or shards)
+
+
 def phase_shards(phase):
     """Shards a general-distillation phase reads: configured paths, or the ones we build."""
     p = config["general"][phase]

@@ -34,8 +34,6 @@ from torch import nn
 
 from .settings import TrainConfig
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "TensorDataset", "lr_at"]
-
 log = logging.getLogger("bertdistill.train")
 
 Batch = dict[str, torch.Tensor]
@@ -412,23 +410,21 @@ class Trainer:
         evaluated weights are loaded into the objective at the end.
         """
         start_time = time.time()
+        # prepare: devices, wrappers, optimizer; resume from a snapshot of the same settings
         run = self._prepare(objective, dataset, teacher)
         logger = _CsvLog(self.log_csv, resume_step=run.step) if self.dist.main else None
         bar = _progress(run.total, run.step, self.dist.main)
         objective.train()
+        every = self.cfg.eval_every
         with _sigterm_flag() as flag:
             while run.step < run.total:
-                lr = self._step(run, objective, dataset, teacher)
+                lr = self._step(run, objective, dataset, teacher)  # forward, backward, update
                 self._log(run, lr, logger, bar)
-                if (
-                    evaluate is not None
-                    and self.cfg.eval_every
-                    and (run.step % self.cfg.eval_every == 0 or run.step == run.total)
-                ):
+                if evaluate is not None and every and (run.step % every == 0 or run.step == run.total):
                     self._evaluate(objective, evaluate, run)
                 self._snapshot_or_stop(run, objective, flag, logger)
-        # termination
-        if evaluate is not None and not self.cfg.eval_every:
+        # termination: a final evaluation when none ran on a schedule, then keep the best or last
+        if evaluate is not None and not every:
             self._evaluate(objective, evaluate, run)
         for closable in (logger, bar):
             if closable is not None:
