@@ -318,10 +318,9 @@ def finetune_teacher(
     return result.selection
 
 
-def _teacher_logits_record(student: Path) -> dict[str, Any]:
-    """How the prediction stage got its teacher logits: from the cached file (and the mode it was
-    computed in) or from the live teacher (dropout on or off), as that stage recorded it."""
-    record = json.loads((student / "distill.json").read_text()) if (student / "distill.json").is_file() else {}
+def _teacher_logits_record(record: dict[str, Any]) -> dict[str, Any]:
+    """How the prediction stage got its teacher logits, from its ``distill.json`` record: the
+    cached file (and the mode it was computed in) or the live teacher (dropout on or off)."""
     cached = record.get("teacher_logits")
     if cached not in (None, "None"):
         mode = (
@@ -401,7 +400,7 @@ def task_final(
         "teacher_parameters": t_model.num_parameters(),
         "stage_wall_s": wall,
         "checkpoint_selection": record.get("selection"),
-        **_teacher_logits_record(student),
+        **_teacher_logits_record(record),
     }
     tmp = output.with_name(f".{output.name}.tmp")
     if tmp.exists():
