@@ -52,6 +52,9 @@ STAGE_NAMES = (
 )
 
 
+BACKBONE = ["backbone", "--task", "sst2", "--teacher", "t", "--init", "i", "--features", "f", "--output", "o"]
+
+
 def run(*args):
     return subprocess.run([sys.executable, "-m", "bertdistill", *args], capture_output=True, text=True)
 
@@ -154,17 +157,7 @@ def test_settings_from_yaml_and_dotted_keys():
     entry = STAGES["backbone"]
     args = parser.parse_args(
         [
-            "backbone",
-            "--task",
-            "sst2",
-            "--teacher",
-            "t",
-            "--init",
-            "i",
-            "--features",
-            "f",
-            "--output",
-            "o",
+            *BACKBONE,
             "--train",
             "{epochs: 1, lr: 1e-4, batch_size: 8}",
             "--train.lr",
@@ -203,17 +196,7 @@ def test_error_is_one_line(tmp_path):
     assert len(lines) == 1 and str(tmp_path / "empty") in lines[0]
     assert not (tmp_path / "out").exists()
     r = run(
-        "backbone",
-        "--task",
-        "sst2",
-        "--teacher",
-        "t",
-        "--init",
-        "i",
-        "--features",
-        "f",
-        "--output",
-        "o",
+        *BACKBONE,
         "--train",
         "{epochs: 1, warmup_steps: 3}",
     )

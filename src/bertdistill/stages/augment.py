@@ -60,12 +60,13 @@ def adapt_mlm(
         return metrics
 
     record = {"stage": "adapt_mlm", "teacher": str(teacher), "examples": len(data)}
+    objective = MaskedLMObjective(model)
     train_and_save(
-        MaskedLMObjective(model),
+        objective,
         data,
-        train=train,
-        output=output,
-        snapshot_dir=snapshot_dir,
+        train,
+        output,
+        snapshot_dir,
         record=record,
         vocab=vocab,
         after_fit=after,

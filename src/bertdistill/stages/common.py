@@ -20,10 +20,10 @@ def snapshot_dir_for(output: Path, snapshot_dir: Path | None) -> Path:
 def train_and_save(
     objective: Any,
     data: Any,
-    *,
     train: TrainConfig,
     output: Path,
     snapshot_dir: Path | None,
+    *,
     record: Mapping[str, Any],
     vocab: Path,
     teacher: Any = None,

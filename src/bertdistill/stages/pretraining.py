@@ -141,14 +141,5 @@ def general_distill(
         "examples": len(data),
         "shards": [str(s) for s in shards],
     }
-    train_and_save(
-        objective,
-        data,
-        train=train,
-        output=output,
-        snapshot_dir=snapshot_dir,
-        record=record,
-        vocab=vocab,
-        teacher=teacher_model,
-    )
+    train_and_save(objective, data, train, output, snapshot_dir, record=record, vocab=vocab, teacher=teacher_model)
     return output

@@ -137,6 +137,53 @@ def _task_dataset(features: Path, logits: Path | None = None, keys: tuple[str, .
     return TensorDataset(tensors)
 
 
+@stage("finetune", rules=("finetune_teacher",), distributed=True)
+def finetune_teacher(
+    task: TaskName,
+    teacher: Path,
+    features: Path,
+    dev_features: Path,
+    dev: Path,
+    output: Path,
+    train: TrainConfig,
+    eval_batch_size: int,
+    n_best: int,
+    max_answer_length: int,
+    snapshot_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a base teacher on a task's hard labels (a new classification or start/end head),
+    keeping the best dev checkpoint; the dev metric is recorded in ``distill.json``.
+
+    Args:
+        task: the task
+        teacher: the base teacher's folder
+        features: training features (the original data, not an augmented copy)
+        dev_features: dev features
+        dev: dev data
+        output: the fine-tuned teacher's folder
+        train: training settings
+        eval_batch_size: dev inference batch size
+        n_best: SQuAD: start/end candidates searched per feature
+        max_answer_length: SQuAD: longest answer in tokens
+        snapshot_dir: resumable snapshots (default: .{output}.snapshots next to the output)
+    """
+    import torch
+
+    from ..objectives import SupervisedObjective
+
+    t = get_task(task)
+    torch.manual_seed(train.seed)
+    model = load_model(teacher, head=t.head, init_head=True, num_labels=t.num_labels)
+    data = _task_dataset(features, keys=("labels", "start_positions", "end_positions"))
+    vocab = teacher / VOCAB_NAME
+    evaluate = dev_evaluator(t, dev_features, dev, vocab, eval_batch_size, n_best, max_answer_length)
+    record = {"stage": f"finetune_{task}", "teacher": str(teacher), "examples": len(data)}
+    result = train_and_save(
+        SupervisedObjective(model), data, train, output, snapshot_dir, record=record, vocab=vocab, evaluate=evaluate
+    )
+    return result.selection
+
+
 @stage("backbone", rules=("task_backbone",), distributed=True)
 def task_backbone(
     task: TaskName,
@@ -179,16 +226,8 @@ def task_backbone(
         "losses": describe(losses),
         "examples": len(data),
     }
-    train_and_save(
-        objective,
-        data,
-        train=train,
-        output=output,
-        snapshot_dir=snapshot_dir,
-        record=record,
-        vocab=teacher / VOCAB_NAME,
-        teacher=tmodel,
-    )
+    vocab = teacher / VOCAB_NAME
+    train_and_save(objective, data, train, output, snapshot_dir, record=record, vocab=vocab, teacher=tmodel)
     return output
 
 
@@ -250,72 +289,11 @@ def task_prediction(
         "temperature": temperature,
         "examples": len(data),
     }
+    objective = PredictionObjective(student, temperature)
     train_and_save(
-        PredictionObjective(student, temperature),
-        data,
-        train=train,
-        output=output,
-        snapshot_dir=snapshot_dir,
-        record=record,
-        vocab=vocab,
-        teacher=tmodel,
-        evaluate=evaluate,
+        objective, data, train, output, snapshot_dir, record=record, vocab=vocab, teacher=tmodel, evaluate=evaluate
     )
     return output
-
-
-@stage("finetune", rules=("finetune_teacher",), distributed=True)
-def finetune_teacher(
-    task: TaskName,
-    teacher: Path,
-    features: Path,
-    dev_features: Path,
-    dev: Path,
-    output: Path,
-    train: TrainConfig,
-    eval_batch_size: int,
-    n_best: int,
-    max_answer_length: int,
-    snapshot_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Fine-tune a base teacher on a task's hard labels (a new classification or start/end head),
-    keeping the best dev checkpoint; the dev metric is recorded in ``distill.json``.
-
-    Args:
-        task: the task
-        teacher: the base teacher's folder
-        features: training features (the original data, not an augmented copy)
-        dev_features: dev features
-        dev: dev data
-        output: the fine-tuned teacher's folder
-        train: training settings
-        eval_batch_size: dev inference batch size
-        n_best: SQuAD: start/end candidates searched per feature
-        max_answer_length: SQuAD: longest answer in tokens
-        snapshot_dir: resumable snapshots (default: .{output}.snapshots next to the output)
-    """
-    import torch
-
-    from ..objectives import SupervisedObjective
-
-    t = get_task(task)
-    torch.manual_seed(train.seed)
-    model = load_model(teacher, head=t.head, init_head=True, num_labels=t.num_labels)
-    data = _task_dataset(features, keys=("labels", "start_positions", "end_positions"))
-    vocab = teacher / VOCAB_NAME
-    evaluate = dev_evaluator(t, dev_features, dev, vocab, eval_batch_size, n_best, max_answer_length)
-    record = {"stage": f"finetune_{task}", "teacher": str(teacher), "examples": len(data)}
-    result = train_and_save(
-        SupervisedObjective(model),
-        data,
-        train=train,
-        output=output,
-        snapshot_dir=snapshot_dir,
-        record=record,
-        vocab=vocab,
-        evaluate=evaluate,
-    )
-    return result.selection
 
 
 def _teacher_logits_record(record: dict[str, Any]) -> dict[str, Any]:
