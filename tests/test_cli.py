@@ -124,6 +124,19 @@ def test_every_rule_passes_only_what_the_cli_accepts(tmp_path):
     assert {s.name for s in STAGES.values() if set(s.rules) & seen} == set(STAGES)
 
 
+def test_a_rule_cannot_pass_what_its_stage_does_not_take():
+    """The adapter refuses a named item that is not a parameter of the stage (before running it)."""
+    from bertdistill.stages import StageError
+
+    entry = for_rule("task_backbone")
+    with pytest.raises(StageError, match="params 'temperature' is not a parameter of stage backbone"):
+        rule_kwargs(entry, "task_backbone", {"params": {"temperature": 1.0}}, {"task": "sst2"})
+    assert rule_kwargs(entry, "task_backbone", {"output": {"output": "o"}}, {"task": "sst2", "ext": "tsv"}) == {
+        "output": "o",
+        "task": "sst2",
+    }
+
+
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_stage_help_lists_every_parameter_with_help_text(stage):
     """`bertdistill STAGE --help` shows an option with help text for every parameter, and for

@@ -87,7 +87,7 @@ def rule_kwargs(
 
 def run_rule(smk: Any) -> Any:
     """Run the stage of the Snakemake job ``smk`` (the object ``script:`` injects), logging to
-    its ``log:`` file; ``resources.gpu`` > 1 runs it under torchrun."""
+    its ``log:`` file; ``resources.gpu`` > 1 runs a training stage under torchrun."""
     from .logs import log_to
 
     with log_to(smk.log[0] if smk.log else None) as log:
@@ -99,6 +99,8 @@ def run_rule(smk: Any) -> Any:
         }
         kwargs = rule_kwargs(entry, smk.rule, named, dict(smk.wildcards.items()))
         log.info("rule %s -> stage %s(%s)", smk.rule, entry.name, ", ".join(kwargs))
-        result = run_stage(entry.name, kwargs, nproc=int(getattr(smk.resources, "gpu", 0) or 0))
+        # One process per GPU for stages that train; the others use one device whatever they reserve.
+        gpus = int(getattr(smk.resources, "gpu", 0) or 0)
+        result = run_stage(entry.name, kwargs, nproc=gpus if entry.distributed else 1)
         log.info("%s", result)
         return result
