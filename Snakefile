@@ -27,6 +27,7 @@ include: "rules/augment.smk"
 include: "rules/tasks.smk"
 include: "rules/distill.smk"
 include: "rules/evaluate.smk"
+include: "rules/deploy.smk"
 
 
 rule all:

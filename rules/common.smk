@@ -51,7 +51,24 @@ def all_targets():
         expand("resources/teachers/{teacher}.json", teacher=teacher_names())
         + ["results/general/phase2"]
         + expand("results/{task}_final", task=task_names())
+        + expand("results/{task}_onnx", task=task_names())
+        + (
+            ["results/benchmark"]
+            if task_names() or config["benchmark"]["shapes"]
+            else []
+        )
     )
+
+
+def export_settings():
+    """The export block without its resource keys (bertdistill.settings.ExportSettings)."""
+    return {k: v for k, v in config["export"].items() if k != "runtime"}
+
+
+def benchmark_settings():
+    """The benchmark block without shapes and resource keys (bertdistill.settings.BenchmarkSettings)."""
+    skip = ("shapes", "gpus", "runtime")
+    return {k: v for k, v in config["benchmark"].items() if k not in skip}
 
 
 def general_teacher_dir():

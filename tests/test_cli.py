@@ -49,6 +49,8 @@ STAGE_NAMES = (
     "prediction",
     "finetune",
     "final",
+    "export",
+    "benchmark",
 )
 
 

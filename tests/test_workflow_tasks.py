@@ -69,15 +69,24 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     config["augment"] = {"mlm": "mlm", "num_shards": 2, "m": 5}
     config["tasks"]["squad"]["augment"] = {"enabled": True, "n": 3}
     config["tasks"]["sst2"]["augment"] = {"enabled": True, "n": 4}
+    # Export and benchmark as the default does, at toy size (the shipped shapes are BERT-base).
+    config["benchmark"] = {
+        **config.get("benchmark", {}),
+        "batch_sizes": [1, 4],
+        "seq_lengths": [32],
+        "warmup": 1,
+        "iterations": 2,
+        "shapes": {"toy": {"student": config["student"], "teacher": {**config["student"], "num_hidden_layers": 4}}},
+    }
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
-    targets = ("results/squad_final", "results/sst2_final")
-    dry = smk(wd, "-n", "--cores", "2", *targets)
+    dry = smk(wd, "-n", "--cores", "2")
     jobs = planned_jobs(dry)
     assert jobs["task_features"] == 2 and jobs["teacher_logits"] == 2 and jobs["task_backbone"] == 2
     assert jobs["task_prediction"] == 2 and jobs["task_final"] == 2 and jobs["general_phase2"] == 1
     assert jobs["augment_shard"] == 4 and jobs["augment_gather"] == 2 and jobs["word_vectors"] == 1
+    assert jobs["export_onnx"] == 2 and jobs["inference_benchmark"] == 1
 
-    smk(wd, "--cores", "2", *targets)
+    smk(wd, "--cores", "2")  # the default target: everything, the benchmark included
     for task, key, head in (("squad", "f1", "qa"), ("sst2", "accuracy", "classification")):
         final = wd / f"results/{task}_final"
         metrics = json.loads((final / "metrics.json").read_text())
@@ -105,8 +114,24 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
                 a = qa["answers"][0]
                 assert p["context"][a["answer_start"] : a["answer_start"] + len(a["text"])] == a["text"]
 
-    again = smk(wd, "--cores", "2", *targets)
+    for task, metric in (("squad", "f1"), ("sst2", "accuracy")):
+        record = json.loads((wd / f"results/{task}_onnx/export.json").read_text())
+        for side in ("student", "teacher"):
+            info = record["models"][side]
+            assert info["parity"]["fused"] <= 1e-3 and metric in info["dev"]["onnx_int8"]
+            final = json.loads((wd / f"results/{task}_final/metrics.json").read_text())[side]
+            assert info["dev"]["pytorch"][metric] == pytest.approx(final[metric])  # same model, same code
+    summary = json.loads((wd / "results/benchmark/summary.json").read_text())
+    assert set(summary["pairs"]) == {"squad", "sst2", "toy"}
+    cells = {(r["pair"], r["backend"], r["batch"]) for r in summary["results"]}
+    assert {(p, b, n) for p in ("squad", "sst2", "toy") for b in ("torch", "ort", "ort-int8") for n in (1, 4)} <= cells
+
+    again = smk(wd, "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # A benchmark setting reruns the benchmark only.
+    config["benchmark"]["iterations"] = 3
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
+    assert planned_jobs(smk(wd, "-n", "--cores", "2")) == {"inference_benchmark": 1, "all": 1}
 
 
 @pytest.mark.slow

@@ -116,6 +116,9 @@ def _add_option(group: Any, flag: str, dest: str, hint: Any, help_text: str, req
         kw.update(choices=list(choices), type=_scalar(str, optional), metavar="{" + ",".join(map(str, choices)) + "}")
     elif get_origin(base) is list and get_args(base) and get_args(base)[0] is Path:
         kw.update(nargs="+", metavar="PATH")
+    elif get_origin(base) is list and get_args(base) and get_args(base)[0] in (str, int, float):
+        item = get_args(base)[0]
+        kw.update(nargs="+", type=_scalar(item, False), metavar={int: "N", float: "X"}.get(item, "TEXT"))
     elif get_origin(base) is list:
         kw.update(nargs="+", type=_mappings, metavar="YAML")
     elif _is_mapping(base):

@@ -200,6 +200,8 @@ class BertSelfAttention(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None, explicit: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (context [B, L, H*d], pre-softmax scores or None)."""
+        if torch.onnx.is_in_onnx_export():
+            return self._export_forward(x, mask), None
         b, n, _ = x.shape
         h, d = self.num_attention_heads, self.attention_head_size
         # One fused QKV matmul; the three Linear modules stay for Hugging Face's names.
@@ -222,6 +224,21 @@ class BertSelfAttention(nn.Module):
             scores = None
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return context.transpose(1, 2).reshape(b, n, h * d), scores
+
+    def _export_forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Inference attention as Hugging Face's BERT writes it (separate Q/K/V projections, explicit
+        softmax): the graph ONNX Runtime's transformer optimizer recognises and fuses into its
+        ``Attention`` operator. Same arithmetic as :meth:`forward` in eval mode."""
+        b, n, _ = x.shape
+        h, d = self.num_attention_heads, self.attention_head_size
+        q = self.query(x).view(b, n, h, d).transpose(1, 2)
+        k = self.key(x).view(b, n, h, d).permute(0, 2, 3, 1)
+        v = self.value(x).view(b, n, h, d).transpose(1, 2)
+        scores = torch.matmul(q, k) / math.sqrt(d)
+        if mask is not None:
+            scores = scores + mask
+        context = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return context.transpose(1, 2).reshape(b, n, h * d)
 
 
 class BertSelfOutput(nn.Module):

@@ -240,3 +240,71 @@ class ClozeSettings:
     max_paragraph_words: int = 250
     max_train: int | None = None
     max_dev: int | None = None
+
+
+@dataclass
+class ExportSettings:
+    """ONNX export of a model with its task head (docs/deploy.md).
+
+    Attributes:
+        opset: ONNX opset of the exported graph
+        tolerance: largest allowed absolute difference between ONNX Runtime's and PyTorch's logits on dev features
+        parity_features: dev features compared with PyTorch (null = all)
+        optimize: also write model.opt.onnx, fused by ONNX Runtime's transformer optimizer (model type bert)
+        int8: also write model.int8.onnx, dynamically quantised to INT8 weights, and evaluate it on dev
+        per_channel: INT8: one scale per output channel instead of per tensor
+        reduce_range: INT8: 7-bit weights, which avoids overflow on CPUs without VNNI (AVX2)
+        threads: ONNX Runtime threads for the parity check and dev evaluation (null = all cores)
+    """
+
+    opset: int = 17
+    tolerance: float = 1.0e-3
+    parity_features: int | None = 256
+    optimize: bool = True
+    int8: bool = True
+    per_channel: bool = False
+    reduce_range: bool = True
+    threads: int | None = None
+
+
+BACKENDS = (
+    "torch",
+    "torch-fp16",
+    "torch-bf16",
+    "torch-compile",
+    "ort",
+    "ort-fused",
+    "ort-int8",
+    "ort-cuda",
+    "ort-cuda-fp16",
+    "ort-tensorrt",
+    "tensorrt-fp16",
+)
+
+
+@dataclass
+class BenchmarkSettings:
+    """Inference benchmark: every backend x batch size x sequence length, student and teacher interleaved.
+
+    Attributes:
+        backends: backends to measure; one that cannot run here is reported as skipped with the reason
+        batch_sizes: sequences per batch
+        seq_lengths: tokens per sequence (every position is a real token)
+        warmup: untimed batches per model before timing
+        iterations: timed batches per model, alternating student and teacher
+        threads: CPU threads for PyTorch and ONNX Runtime (null = all cores this process may use)
+    """
+
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
+    seq_lengths: list[int] = field(default_factory=lambda: [128, 384])
+    warmup: int = 3
+    iterations: int = 20
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise SettingsError(f"BenchmarkSettings.backends: unknown {unknown}; known backends: {', '.join(BACKENDS)}")
+        if self.iterations < 1 or self.warmup < 0:
+            raise SettingsError("BenchmarkSettings: iterations must be >= 1 and warmup >= 0")

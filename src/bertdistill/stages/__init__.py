@@ -9,6 +9,7 @@ Adding a stage = one function here + one rule.
 
 from .assets import describe_model, download, import_teacher, squad_cloze, sst2_data, word_vectors
 from .augment import adapt_mlm, augment_gather, augment_shard
+from .deploy import benchmark, export
 from .pretraining import corpus, general_distill, shard
 from .registry import STAGES, Stage, StageError, for_rule, stage
 from .tasks import (
@@ -30,9 +31,11 @@ __all__ = [
     "adapt_mlm",
     "augment_gather",
     "augment_shard",
+    "benchmark",
     "corpus",
     "describe_model",
     "download",
+    "export",
     "finetune_teacher",
     "general_distill",
     "import_teacher",

@@ -1,0 +1,100 @@
+"""The reference's headline comparison on this machine: a TinyBERT-4L-312D student against BERT-base
+(12L-768), random weights of those shapes (``benchmark.shapes`` of config/config.yaml), at batch
+128 and seq 128 by default, on every backend available here, student and teacher interleaved.
+
+CPU (default): PyTorch eager fp32, ONNX Runtime on the exported, the fused and the INT8 graph.
+``--gpu``: PyTorch fp16/bf16 autocast, torch.compile (CUDA graphs), ONNX Runtime CUDA/TensorRT
+providers and TensorRT FP16 where present, at seq 128 and 384 (one script, a few minutes).
+``--exports results/*_onnx`` adds the INT8 dev-metric change recorded by each task's export.
+
+Prints one JSON object: the machine, every measured cell, the skipped backends with reasons,
+and the ratios the project's goals are stated in (``ratios``). ``--output`` also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from bertdistill.benchmark import run_benchmark, shape_pair
+from bertdistill.settings import BenchmarkSettings
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = ["torch", "ort", "ort-fused", "ort-int8"]
+GPU = ["torch-fp16", "torch-bf16", "torch-compile", "ort-cuda-fp16", "ort-tensorrt", "tensorrt-fp16"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gpu", action="store_true", help="the GPU backends (fp16) instead of the CPU ones")
+    ap.add_argument("--backends", nargs="+", help="override the backend list")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
+    ap.add_argument("--seq-lengths", type=int, nargs="+", help="default: 128 (CPU), 128 384 (GPU)")
+    ap.add_argument("--warmup", type=int, help="default: 1 (CPU), 10 (GPU)")
+    ap.add_argument("--iterations", type=int, help="default: 3 (CPU), 50 (GPU)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
+    ap.add_argument("--shape", default="reference-4l-312d", help="an entry of benchmark.shapes in the config")
+    ap.add_argument("--config", type=Path, default=REPO / "config/config.yaml")
+    ap.add_argument("--exports", type=Path, nargs="*", default=[], help="task export folders (results/{task}_onnx)")
+    ap.add_argument("--output", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+
+    settings = BenchmarkSettings(
+        backends=args.backends or (GPU if args.gpu else CPU),
+        batch_sizes=args.batch_sizes,
+        seq_lengths=args.seq_lengths or ([128, 384] if args.gpu else [128]),
+        warmup=args.warmup if args.warmup is not None else (10 if args.gpu else 1),
+        iterations=args.iterations or (50 if args.gpu else 3),
+        threads=args.threads,
+    )
+    spec = yaml.safe_load(args.config.read_text())["benchmark"]["shapes"][args.shape]
+    log = lambda msg: print(msg, flush=True, file=__import__("sys").stderr)  # noqa: E731
+    with tempfile.TemporaryDirectory() as work:
+        pair = shape_pair(args.shape, spec, Path(work))
+        summary = run_benchmark([pair], settings, Path(work), log=log)
+    ratios = []
+    for h in summary["headline"]:
+        row = {"batch": h["batch"], "seq": h["seq"]}
+        if "best_fp32" in h:
+            row["student_vs_teacher_best_fp32"] = h["best_fp32"]["speedup"]
+            row["best_fp32_backends"] = [h["best_fp32"]["student_backend"], h["best_fp32"]["teacher_backend"]]
+        if "student_best_fp32_vs_torch_eager" in h:
+            row["student_best_fp32_vs_torch_eager"] = h["student_best_fp32_vs_torch_eager"]
+        if "int8_vs_fp32_onnx" in h:
+            row["int8_vs_fp32_onnx"] = h["int8_vs_fp32_onnx"]
+        if "best_fp16" in h:
+            b = h["best_fp16"]
+            row["student_best_fp16"] = {"backend": b["student_backend"], "seq_per_s": b["student_seq_per_s"]}
+            row["student_vs_teacher_best_fp16"] = b["speedup"]
+        ratios.append(row)
+    int8_metric = {}
+    for folder in args.exports:
+        record = json.loads((folder / "export.json").read_text())
+        int8_metric[record["task"]] = {
+            side: {"metric": record["metric"], **m["dev"], "int8_change": m.get("int8_metric_change")}
+            for side, m in record["models"].items()
+        }
+    out = {
+        "shape": args.shape,
+        "machine": summary["machine"],
+        "settings": summary["settings"],
+        "pairs": summary["pairs"],
+        "results": summary["results"],
+        "skipped": summary["skipped"],
+        "errors": summary["errors"],
+        "ratios": ratios,
+        "int8_dev_metric": int8_metric,
+    }
+    text = json.dumps(out, indent=1)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

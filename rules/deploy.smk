@@ -1,0 +1,52 @@
+"""Deployment: ONNX export per task (results/{task}_onnx) and the inference benchmark (results/benchmark)."""
+
+
+rule export_onnx:
+    input:
+        student="results/{task}_final",
+        teacher=task_teacher_dir,
+        dev_features="results/{task}/features/dev.hdf5",
+        dev=task_data("dev"),
+    output:
+        output=directory("results/{task}_onnx"),
+    log:
+        "logs/{task}/export_onnx.log",
+    benchmark:
+        "logs/timing/{task}/export_onnx.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: lambda wc: config["export"]["threads"] or 2
+    resources:
+        mem_mb=8000,
+        runtime=config["export"]["runtime"],
+    params:
+        eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+        n_best=lambda wc: config["tasks"][wc.task]["n_best"],
+        max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
+        settings=export_settings(),
+    script:
+        "../scripts/run_stage.py"
+
+
+rule inference_benchmark:
+    input:
+        exports=expand("results/{task}_onnx", task=task_names()),
+    output:
+        output=directory("results/benchmark"),
+    log:
+        "logs/benchmark.log",
+    benchmark:
+        "logs/timing/benchmark.tsv"
+    conda:
+        "../envs/torch.yaml"
+    # The whole machine: timings must not share cores with other jobs.
+    threads: lambda wc: config["benchmark"]["threads"] or 8
+    resources:
+        gpu=config["benchmark"]["gpus"],
+        mem_mb=16000,
+        runtime=config["benchmark"]["runtime"],
+    params:
+        settings=benchmark_settings(),
+        shapes=config["benchmark"]["shapes"],
+    script:
+        "../scripts/run_stage.py"

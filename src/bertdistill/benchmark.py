@@ -1,0 +1,612 @@
+"""Inference benchmark: sequences/s and latency percentiles of a student and its teacher on every
+available backend, measured in one run and interleaved, so each speedup is a ratio from one run.
+
+A *pair* is a student and a teacher: a task's exported models (``results/{task}_onnx``) or
+random-weight models of given shapes (the reference's 4L-312D student against BERT-base). For
+each backend, batch size and sequence length, both models warm up, then alternate one timed batch
+each. Inputs are random token ids with every position real (no padding), token type 0.
+
+Backends (:data:`BACKENDS`): PyTorch eager fp32; on a CUDA GPU fp16/bf16 autocast and
+``torch.compile`` (fp16 autocast, CUDA graphs); ONNX Runtime on the exported graph, the
+transformer-fused graph and the INT8 graph (CPU), with the CUDA (fp32, fp16) and TensorRT
+execution providers when present; TensorRT FP16 engines built from the ONNX file by its parser.
+A backend that cannot run here is reported as skipped with the reason; nothing is estimated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .export import FILES, export_files
+from .model import BertConfig, BertPreTrainedModel, build_model
+from .settings import BACKENDS, BenchmarkSettings
+
+# Backend -> (precision, device): what the speedup table says about each.
+BACKEND_INFO = {
+    "torch": ("fp32", "cpu"),
+    "torch-fp16": ("fp16", "cuda"),
+    "torch-bf16": ("bf16", "cuda"),
+    "torch-compile": ("fp16", "cuda"),
+    "ort": ("fp32", "cpu"),
+    "ort-fused": ("fp32", "cpu"),
+    "ort-int8": ("int8", "cpu"),
+    "ort-cuda": ("fp32", "cuda"),
+    "ort-cuda-fp16": ("fp16", "cuda"),
+    "ort-tensorrt": ("fp16", "cuda"),
+    "tensorrt-fp16": ("fp16", "cuda"),
+}
+assert set(BACKEND_INFO) == set(BACKENDS)
+
+
+class Skip(Exception):
+    """A backend that cannot run here; the message is the reason."""
+
+
+@dataclass
+class Model:
+    """One side of a pair: a PyTorch model and its ONNX files (``FILES`` keys -> paths)."""
+
+    name: str
+    torch_model: BertPreTrainedModel
+    onnx: dict[str, Path]
+
+    @property
+    def config(self) -> BertConfig:
+        return self.torch_model.config
+
+
+@dataclass
+class Pair:
+    """A student and its teacher, measured side by side."""
+
+    name: str
+    kind: str  # "task" (trained models of this run) or "shape" (random weights)
+    student: Model
+    teacher: Model
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: each returns a runner ``run(input_ids, attention_mask, token_type_ids)`` that computes
+# one batch and returns when its result is ready (GPU: synchronised by the timer).
+
+
+def _cuda() -> None:
+    if not torch.cuda.is_available():
+        raise Skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
+    m = model.torch_model.eval()
+    if backend == "torch":
+        m = m.float().cpu()
+
+        def run(ids, mask, types):
+            with torch.inference_mode():
+                return m(ids, mask, types)
+
+        return run
+    _cuda()
+    m = m.cuda()
+    dtype = torch.bfloat16 if backend == "torch-bf16" else torch.float16
+    if backend == "torch-bf16" and not torch.cuda.is_bf16_supported():
+        raise Skip("this GPU does not support bf16")
+    fn = m
+    if backend == "torch-compile":
+        # CUDA graphs ("reduce-overhead"); one graph per shape, captured during warm-up.
+        fn = torch.compile(m, mode="reduce-overhead", dynamic=False)
+
+    def run(ids, mask, types):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+            out = fn(ids.cuda(non_blocking=True), mask.cuda(non_blocking=True), types.cuda(non_blocking=True))
+            return out.logits if out.logits is not None else out.start_logits
+
+    return run
+
+
+def _ort_runner(model: Model, backend: str, threads: int | None, workdir: Path) -> Callable:
+    from .export import ort_session
+
+    available = _ort_providers()
+    if backend in ("ort", "ort-fused", "ort-int8"):
+        key = {"ort": "fp32", "ort-fused": "fused", "ort-int8": "int8"}[backend]
+        if key not in model.onnx:
+            raise Skip(f"no {FILES[key]} was exported (export settings)")
+        session = ort_session(model.onnx[key], threads)
+    elif backend in ("ort-cuda", "ort-cuda-fp16"):
+        if "CUDAExecutionProvider" not in available:
+            raise Skip(
+                f"onnxruntime has no CUDAExecutionProvider (available: {', '.join(available)}; onnxruntime-gpu has it)"
+            )
+        path = model.onnx.get("fused", model.onnx["fp32"])
+        if backend == "ort-cuda-fp16":
+            path = _fp16_copy(path, model.config, workdir / f"{model.name}.fp16.onnx")
+        session = ort_session(path, threads, ["CUDAExecutionProvider"])
+    else:  # ort-tensorrt
+        if "TensorrtExecutionProvider" not in available:
+            raise Skip(f"onnxruntime has no TensorrtExecutionProvider (available: {', '.join(available)})")
+        cache = workdir / f"{model.name}.trt-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
+        session = ort_session(model.onnx["fp32"], threads, [("TensorrtExecutionProvider", options)])
+    names = {i.name for i in session.get_inputs()}
+
+    def run(ids, mask, types):
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return session.run(None, {k: v.numpy() for k, v in feeds.items() if k in names})
+
+    return run
+
+
+def _fp16_copy(path: Path, config: BertConfig, dst: Path) -> Path:
+    from onnxruntime.transformers import optimizer
+
+    opt = optimizer.optimize_model(
+        str(path), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+    )
+    opt.convert_float_to_float16(keep_io_types=True)
+    opt.save_model_to_file(str(dst))
+    return dst
+
+
+def _tensorrt_runner(model: Model, shapes: Sequence[tuple[int, int]]) -> Callable:
+    """A TensorRT FP16 engine built from ``model.onnx`` by TensorRT's ONNX parser, with one
+    optimisation profile spanning the benchmarked shapes (TensorRT 10 API)."""
+    _cuda()
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise Skip(f"tensorrt is not importable ({e}); pip install tensorrt") from None
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(model.onnx["fp32"])):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{model.onnx['fp32']}: TensorRT's ONNX parser failed: {errors}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    lo = (min(b for b, _ in shapes), min(s for _, s in shapes))
+    hi = (max(b for b, _ in shapes), max(s for _, s in shapes))
+    for i in range(network.num_inputs):
+        profile.set_shape(network.get_input(i).name, lo, hi, hi)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"{model.onnx['fp32']}: TensorRT could not build an engine")
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    dtypes = {n: getattr(torch, np.dtype(trt.nptype(engine.get_tensor_dtype(n))).name) for n in names}
+    stream = torch.cuda.current_stream()
+
+    def run(ids, mask, types):
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        keep = []
+        for n in names:
+            if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
+                t = feeds[n].to("cuda", dtypes[n])
+                context.set_input_shape(n, tuple(t.shape))
+                keep.append(t)
+                context.set_tensor_address(n, t.data_ptr())
+        for n in names:
+            if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT:
+                t = torch.empty(tuple(context.get_tensor_shape(n)), dtype=dtypes[n], device="cuda")
+                keep.append(t)
+                context.set_tensor_address(n, t.data_ptr())
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        return keep
+
+    return run
+
+
+def make_runner(
+    model: Model, backend: str, threads: int | None, shapes: Sequence[tuple[int, int]], workdir: Path
+) -> Callable:
+    """The runner of ``model`` on ``backend``; raises :class:`Skip` with the reason where it cannot run."""
+    if backend.startswith("torch"):
+        return _torch_runner(model, backend, threads)
+    if backend.startswith("ort"):
+        return _ort_runner(model, backend, threads, workdir)
+    return _tensorrt_runner(model, shapes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def _inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    high = min(vocab_size, 30000)
+    ids = torch.randint(min(1000, high // 2), high, (batch, seq), generator=g)
+    ids[:, 0] = 101  # [CLS]
+    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+
+
+def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
+    """Seconds one call takes: CUDA events around it on a GPU, ``perf_counter`` on a CPU."""
+    if device == "cuda":
+
+        def timed(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+
+        return timed
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return timed
+
+
+def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
+    """Throughput (sequences/s over all timed batches) and per-batch latency percentiles in ms."""
+    s = np.asarray(seconds, dtype=np.float64)
+    return {
+        "seq_per_s": round(batch * len(s) / float(s.sum()), 2),
+        "latency_ms": {
+            "mean": round(1000 * float(s.mean()), 3),
+            "p50": round(1000 * float(np.percentile(s, 50)), 3),
+            "p90": round(1000 * float(np.percentile(s, 90)), 3),
+            "p99": round(1000 * float(np.percentile(s, 99)), 3),
+        },
+        "iterations": len(s),
+    }
+
+
+def measure_pair(
+    run_student: Callable,
+    run_teacher: Callable,
+    batch: int,
+    seq: int,
+    vocab_size: int,
+    device: str,
+    warmup: int,
+    iters: int,
+) -> dict[str, Any]:
+    """Warm up both, then alternate one timed batch of student and teacher ``iters`` times."""
+    inputs = _inputs(batch, seq, vocab_size)
+    timed = _timer(device)
+    for _ in range(warmup):
+        run_student(*inputs)
+        run_teacher(*inputs)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    s_times, t_times = [], []
+    for i in range(iters):
+        # Alternate which side goes first, so neither always runs on a cache the other warmed.
+        order = [(run_student, s_times), (run_teacher, t_times)]
+        for fn, out in order if i % 2 == 0 else order[::-1]:
+            out.append(timed(lambda fn=fn: fn(*inputs)))
+    student, teacher = latency_stats(s_times, batch), latency_stats(t_times, batch)
+    return {
+        "student": student,
+        "teacher": teacher,
+        "speedup": round(student["seq_per_s"] / teacher["seq_per_s"], 3),
+    }
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[dict[str, Any]]:
+    """Pin this process to ``threads`` cores (the first it may use) and set PyTorch's thread count."""
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    n = threads or len(affinity) or os.cpu_count() or 1
+    old_threads = torch.get_num_threads()
+    pinned = affinity[:n] if affinity else []
+    if affinity and n < len(affinity):
+        os.sched_setaffinity(0, pinned)
+    torch.set_num_threads(n)
+    try:
+        yield {"threads": n, "cpu_affinity": pinned}
+    finally:
+        torch.set_num_threads(old_threads)
+        if affinity and n < len(affinity):
+            os.sched_setaffinity(0, affinity)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and cores, GPU, library versions: what a figure was measured on."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[pkg] = metadata.version(pkg)
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "gpu": gpu,
+        "versions": versions,
+    }
+
+
+def run_benchmark(pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: Path, log=print) -> dict[str, Any]:
+    """Every backend x batch x seq for every pair; the summary (see :func:`write_summary`)."""
+    shapes = [(b, s) for s in settings.seq_lengths for b in settings.batch_sizes]
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    errors: list[dict[str, str]] = []
+    with cpu_threads(settings.threads) as threads:
+        for pair in pairs:
+            for backend in settings.backends:
+                precision, device = BACKEND_INFO[backend]
+                try:
+                    runners = [
+                        make_runner(m, backend, settings.threads, shapes, workdir) for m in (pair.student, pair.teacher)
+                    ]
+                except Skip as e:
+                    skipped.append({"pair": pair.name, "backend": backend, "reason": str(e)})
+                    log(f"{pair.name} {backend}: skipped ({e})")
+                    continue
+                vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
+                for batch, seq in shapes:
+                    t0 = time.time()
+                    try:
+                        cell = measure_pair(*runners, batch, seq, vocab, device, settings.warmup, settings.iterations)
+                    except Exception as e:  # a backend that fails on a shape is reported, not hidden
+                        errors.append(
+                            {"pair": pair.name, "backend": backend, "batch": batch, "seq": seq, "error": repr(e)}
+                        )
+                        log(f"{pair.name} {backend} b{batch} s{seq}: error {e!r}")
+                        continue
+                    results.append(
+                        {"pair": pair.name, "backend": backend, "precision": precision, "device": device,
+                         "batch": batch, "seq": seq, **cell}
+                    )  # fmt: skip
+                    log(
+                        f"{pair.name} {backend:>13} b{batch:<4} s{seq:<4} student {cell['student']['seq_per_s']:>10.1f}"
+                        f" teacher {cell['teacher']['seq_per_s']:>9.1f} seq/s  x{cell['speedup']:.2f}"
+                        f"  ({time.time() - t0:.1f} s)"
+                    )
+                del runners
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    return {
+        "machine": {**machine_info(), **threads},
+        "settings": dataclasses.asdict(settings),
+        "pairs": {
+            p.name: {
+                "kind": p.kind,
+                **{side: _describe(getattr(p, side)) for side in ("student", "teacher")},
+            }
+            for p in pairs
+        },
+        "results": results,
+        "skipped": skipped,
+        "errors": errors,
+        "headline": headline(results),
+    }
+
+
+def _describe(m: Model) -> dict[str, Any]:
+    c = m.config
+    return {
+        "name": m.name,
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "heads": c.num_attention_heads,
+        "parameters": m.torch_model.num_parameters(),
+        "onnx": {k: str(v) for k, v in m.onnx.items()},
+    }
+
+
+def headline(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per pair, batch and seq: best fp32 backend of each side and their ratio, the best fp32
+    student backend against PyTorch eager fp32, INT8 against the fp32 ONNX graph, and the best
+    fp16 backend of each side (GPU)."""
+    cells: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    for r in results:
+        cells.setdefault((r["pair"], r["batch"], r["seq"]), {})[r["backend"]] = r
+    out = []
+    for (pair, batch, seq), by in cells.items():
+        row: dict[str, Any] = {"pair": pair, "batch": batch, "seq": seq}
+
+        def best(side: str, precision: str, by=by):
+            cands = [r for r in by.values() if r["precision"] == precision]
+            if not cands:
+                return None
+            r = max(cands, key=lambda r: r[side]["seq_per_s"])
+            return r["backend"], r[side]["seq_per_s"]
+
+        for precision in ("fp32", "fp16"):
+            s, t = best("student", precision), best("teacher", precision)
+            if s and t:
+                row[f"best_{precision}"] = {
+                    "student_backend": s[0], "student_seq_per_s": s[1],
+                    "teacher_backend": t[0], "teacher_seq_per_s": t[1],
+                    "speedup": round(s[1] / t[1], 3),
+                }  # fmt: skip
+        if "torch" in by and row.get("best_fp32"):
+            row["student_best_fp32_vs_torch_eager"] = round(
+                row["best_fp32"]["student_seq_per_s"] / by["torch"]["student"]["seq_per_s"], 3
+            )
+        if "ort-int8" in by and "ort" in by:
+            row["int8_vs_fp32_onnx"] = {
+                side: round(by["ort-int8"][side]["seq_per_s"] / by["ort"][side]["seq_per_s"], 3)
+                for side in ("student", "teacher")
+            }
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs
+
+
+def shape_pair(name: str, spec: Mapping[str, Any], workdir: Path, head: str = "classification", seed: int = 0) -> Pair:
+    """Random-weight student and teacher of the given shapes (``spec``: ``student`` and ``teacher``
+    config fields), exported to ONNX under ``workdir`` like a trained model."""
+    models = {}
+    for side in ("student", "teacher"):
+        fields = {k: v for k, v in spec[side].items() if k in BertConfig.__dataclass_fields__}
+        torch.manual_seed(seed)
+        model = build_model(BertConfig(**fields), head).eval()
+        folder = workdir / name / side
+        models[side] = Model(f"{name}/{side}", model, export_files(model, folder))
+    return Pair(name, "shape", models["student"], models["teacher"])
+
+
+def task_pair(onnx_dir: Path) -> Pair:
+    """A task's student and teacher from its export folder (``export.json`` names their sources)."""
+    from .checkpoints import load_model
+
+    record = json.loads((onnx_dir / "export.json").read_text())
+    models = {}
+    for side in ("student", "teacher"):
+        info = record["models"][side]
+        model = load_model(info["source"], head=record["head"])
+        files = {k: onnx_dir / side / FILES[k] for k in FILES if (onnx_dir / side / FILES[k]).is_file()}
+        models[side] = Model(f"{record['task']}/{side}", model, files)
+    return Pair(record["task"], "task", models["student"], models["teacher"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_summary(summary: Mapping[str, Any], output: Path) -> None:
+    """``summary.json``, ``summary.md`` (speedup tables) and ``throughput.svg`` into ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (output / "summary.md").write_text(summary_markdown(summary))
+    plot_throughput(summary, output / "throughput.svg")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """Speedup tables, one per pair: every backend x batch x seq, then the headline ratios."""
+    m = summary["machine"]
+    gpu = m["gpu"]["name"] if m.get("gpu") else "none"
+    lines = [
+        "# Inference benchmark",
+        "",
+        f"Machine: {m['cpu']} ({m['threads']} threads of {m['cpu_count']} CPUs), GPU: {gpu}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + ".",
+        f"Each cell: {summary['settings']['warmup']} warm-up and {summary['settings']['iterations']} timed batches "
+        "per model, student and teacher alternating; sequences/s over the timed batches; speedup = student / teacher.",
+        "",
+    ]
+    for name, pair in summary["pairs"].items():
+        s, t = pair["student"], pair["teacher"]
+        lines += [
+            f"## {name} ({pair['kind']}): student {s['layers']}L-{s['hidden_size']}H ({s['parameters'] / 1e6:.1f}M) "
+            f"vs teacher {t['layers']}L-{t['hidden_size']}H ({t['parameters'] / 1e6:.1f}M)",
+            "",
+            "| backend | precision | batch | seq | student seq/s | teacher seq/s | speedup | student p50 / p99 ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in (r for r in summary["results"] if r["pair"] == name):
+            lat = r["student"]["latency_ms"]
+            lines.append(
+                f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['seq']} | {_fmt(r['student']['seq_per_s'])} "
+                f"| {_fmt(r['teacher']['seq_per_s'])} | {r['speedup']:.2f}x | {lat['p50']:.1f} / {lat['p99']:.1f} |"
+            )
+        lines.append("")
+        for h in (h for h in summary["headline"] if h["pair"] == name):
+            parts = []
+            if "best_fp32" in h:
+                b = h["best_fp32"]
+                parts.append(
+                    f"best fp32 student ({b['student_backend']}) / best fp32 teacher ({b['teacher_backend']}) "
+                    f"**{b['speedup']:.2f}x**"
+                )
+            if "student_best_fp32_vs_torch_eager" in h:
+                parts.append(f"best fp32 student / PyTorch eager {h['student_best_fp32_vs_torch_eager']:.2f}x")
+            if "int8_vs_fp32_onnx" in h:
+                parts.append(f"INT8 / fp32 ONNX student {h['int8_vs_fp32_onnx']['student']:.2f}x")
+            if "best_fp16" in h:
+                b = h["best_fp16"]
+                parts.append(f"best fp16 student ({b['student_backend']}) {_fmt(b['student_seq_per_s'])} seq/s, "
+                             f"{b['speedup']:.2f}x its teacher")  # fmt: skip
+            lines.append(f"- batch {h['batch']}, seq {h['seq']}: " + "; ".join(parts))
+        lines.append("")
+    if summary["skipped"]:
+        lines += ["## Skipped backends", ""]
+        reasons: dict[tuple[str, str], list[str]] = {}
+        for s in summary["skipped"]:
+            reasons.setdefault((s["backend"], s["reason"]), []).append(s["pair"])
+        lines += [f"- `{b}` ({', '.join(pairs)}): {why}" for (b, why), pairs in reasons.items()]
+        lines.append("")
+    if summary["errors"]:
+        lines += ["## Errors", ""]
+        lines += [f"- `{e['backend']}` {e['pair']} b{e['batch']} s{e['seq']}: {e['error']}" for e in summary["errors"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_throughput(summary: Mapping[str, Any], path: Path) -> None:
+    """Sequences/s against batch size, one panel per pair and sequence length; student solid,
+    teacher dashed, one colour per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["pair"], r["seq"]) for r in summary["results"]})
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.5 * max(len(panels), 1), 3.8), squeeze=False)
+    colours = {b: f"C{i}" for i, b in enumerate(BACKENDS)}
+    for ax, (pair, seq) in zip(axes[0], panels, strict=False):
+        rows = [r for r in summary["results"] if r["pair"] == pair and r["seq"] == seq]
+        for backend in dict.fromkeys(r["backend"] for r in rows):
+            rs = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch"])
+            x = [r["batch"] for r in rs]
+            ax.plot(x, [r["student"]["seq_per_s"] for r in rs], "o-", color=colours[backend], label=backend)
+            ax.plot(x, [r["teacher"]["seq_per_s"] for r in rs], "s--", color=colours[backend], alpha=0.6)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="sequences / s", title=f"{pair}, seq {seq}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, title="solid: student, dashed: teacher", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="svg", metadata={"Date": None})
+    plt.close(fig)
+
+
+@contextlib.contextmanager
+def scratch_dir(near: Path) -> Iterator[Path]:
+    """A temporary folder next to ``near`` (same disk), removed afterwards."""
+    near.parent.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=f".{near.name}.scratch-", dir=near.parent))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

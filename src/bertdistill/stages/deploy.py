@@ -1,0 +1,172 @@
+"""Deployment: ONNX export of each task's student and teacher (with a parity check and the INT8
+copy's dev metric) and the inference benchmark over every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..checkpoints import VOCAB_NAME, load_model
+from ..export import FILES, ExportError, OnnxModel, export_files, file_mb, max_abs_diff, subset
+from ..inference import predict_logits
+from ..settings import BenchmarkSettings, ExportSettings
+from ..tasks import get_task, read_h5, write_json
+from .registry import TaskName, stage
+
+
+def _export_model(
+    folder: Path,
+    out: Path,
+    task: TaskName,
+    dev_arrays: dict,
+    dev: Path,
+    vocab: Path,
+    eval_batch_size: int,
+    n_best: int,
+    max_answer_length: int,
+    settings: ExportSettings,
+) -> dict[str, Any]:
+    t = get_task(task)
+    model = load_model(folder, head=t.head)
+    files = export_files(
+        model, out, settings.opset, settings.optimize, settings.int8, settings.per_channel, settings.reduce_range
+    )
+    fused = {}
+    if "fused" in files:
+        from onnx import load
+
+        ops = [n.op_type for n in load(str(files["fused"]), load_external_data=False).graph.node]
+        fused = {op: ops.count(op) for op in ("Attention", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu")}
+    check = subset(dev_arrays, settings.parity_features)
+    reference = predict_logits(model, check, eval_batch_size)
+    record: dict[str, Any] = {
+        "source": str(folder),
+        "parameters": model.num_parameters(),
+        "layers": model.config.num_hidden_layers,
+        "hidden_size": model.config.hidden_size,
+        "fused_operators": fused,
+        "files": {k: {"path": f"{out.name}/{p.name}", "mb": file_mb(p)} for k, p in files.items()},
+        "parity": {"features": len(check["input_ids"]), "tolerance": settings.tolerance},
+        "dev": {},
+    }
+    metric = lambda m: t.evaluate(m, dev_arrays, dev, vocab, eval_batch_size, n_best, max_answer_length)[0]  # noqa: E731
+    record["dev"]["pytorch"] = metric(model)
+    for kind, path in files.items():
+        onnx_model = OnnxModel(path, settings.threads)
+        diff = max_abs_diff(reference, predict_logits(onnx_model, check, eval_batch_size))
+        record["parity"][kind] = diff
+        if kind != "int8" and not diff <= settings.tolerance:
+            raise ExportError(
+                f"{path}: ONNX Runtime's logits differ from PyTorch's by {diff:.3g} on {len(check['input_ids'])} dev "
+                f"features (tolerance {settings.tolerance}); the export is wrong, report it with this file"
+            )
+        if kind in ("fused", "int8") or (kind == "fp32" and "fused" not in files):
+            record["dev"][f"onnx_{kind}"] = metric(onnx_model)
+    if "int8" in files:
+        key = t.metric
+        best_fp32 = record["dev"].get("onnx_fused", record["dev"].get("onnx_fp32"))
+        record["int8_metric_change"] = round(record["dev"]["onnx_int8"][key] - best_fp32[key], 4)
+    return record
+
+
+@stage("export", rules=("export_onnx",))
+def export(
+    task: TaskName,
+    student: Path,
+    teacher: Path,
+    dev_features: Path,
+    dev: Path,
+    output: Path,
+    eval_batch_size: int,
+    n_best: int,
+    max_answer_length: int,
+    settings: ExportSettings,
+) -> dict[str, Any]:
+    """``results/{task}_onnx``: the final student and its teacher as ONNX (``student/`` and
+    ``teacher/``: model.onnx, model.opt.onnx, model.int8.onnx), checked against PyTorch on dev
+    features, and ``export.json`` (parity, fused operators, sizes, dev metric of PyTorch, the
+    fp32 and the INT8 ONNX graphs by the same evaluation code).
+
+    Args:
+        task: the task
+        student: the final student folder
+        teacher: the task teacher's folder
+        dev_features: dev features (parity check and dev metric)
+        dev: dev data (dev metric)
+        output: the export folder
+        eval_batch_size: dev inference batch size
+        n_best: SQuAD: start/end candidates searched per feature
+        max_answer_length: SQuAD: longest answer in tokens
+        settings: opset, parity tolerance, fusion and INT8 options
+    """
+    t0 = time.time()
+    dev_arrays, _ = read_h5(dev_features)
+    vocab = teacher / VOCAB_NAME
+    tmp = output.with_name(f".{output.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    models = {}
+    for side, folder in (("student", student), ("teacher", teacher)):
+        models[side] = _export_model(
+            folder, tmp / side, task, dev_arrays, dev, vocab, eval_batch_size, n_best, max_answer_length, settings
+        )
+    record = {
+        "task": task,
+        "head": get_task(task).head,
+        "metric": get_task(task).metric,
+        "settings": settings.__dict__,
+        "models": models,
+        "wall_s": round(time.time() - t0, 1),
+    }
+    write_json(record, tmp / "export.json", indent=2)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return record
+
+
+@stage("benchmark", rules=("inference_benchmark",))
+def benchmark(
+    output: Path,
+    settings: BenchmarkSettings,
+    exports: list[Path] | None = None,
+    shapes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``results/benchmark``: sequences/s and latency p50/p90/p99 of every student and its teacher
+    on every available backend (``summary.json`` with the machine, ``summary.md`` speedup tables,
+    ``throughput.svg``). Unavailable backends are listed as skipped with the reason.
+
+    Args:
+        output: the benchmark folder
+        settings: backends, batch sizes, sequence lengths, warm-up and timed iterations, threads
+        exports: task export folders (``results/{task}_onnx``): their student and teacher
+        shapes: random-weight pairs by name, each ``{student: {...}, teacher: {...}}`` with config.json fields
+    """
+    from ..benchmark import run_benchmark, scratch_dir, shape_pair, task_pair, write_summary
+
+    output = Path(output)
+    with scratch_dir(output) as work:
+        pairs = [task_pair(Path(d)) for d in exports or []]
+        pairs += [shape_pair(name, spec, work) for name, spec in (shapes or {}).items()]
+        if not pairs:
+            raise ExportError("benchmark: nothing to measure; give task exports or shapes")
+        summary = run_benchmark(pairs, settings, work)
+    for p in summary["pairs"].values():  # scratch ONNX files of shapes are gone; keep what was measured
+        for side in ("student", "teacher"):
+            p[side]["onnx"] = sorted(p[side]["onnx"]) if p["kind"] == "shape" else p[side]["onnx"]
+    tmp = output.with_name(f".{output.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write_summary(summary, tmp)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    print(json.dumps(summary["headline"]))
+    return summary
+
+
+__all__ = ["FILES", "benchmark", "export"]

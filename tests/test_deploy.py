@@ -1,0 +1,232 @@
+"""ONNX export (parity with PyTorch for each head, fusion, INT8 and its dev metric) and the
+inference benchmark (summary schema, skipped backends with reasons, ratios from one run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bertdistill import benchmark as bench
+from bertdistill.export import FILES, ExportError, OnnxModel, export_files
+from bertdistill.inference import predict_logits
+from bertdistill.model import BertConfig, build_model
+from bertdistill.settings import BenchmarkSettings, ExportSettings, FeatureSettings
+from bertdistill.stages import deploy
+from bertdistill.tasks import build_task_features, get_task, write_h5
+from helpers import task_teacher, write_squad, write_sst2
+
+pytest.importorskip("onnxruntime")
+
+
+def _features(vocab: int, n: int = 7, length: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random features with ragged padding and both token types (the shapes dev features have)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, (n, length))
+    lengths = rng.integers(4, length + 1, n)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
+    types = ((np.arange(length)[None] >= lengths[:, None] // 2) & (mask == 1)).astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types}
+
+
+@pytest.mark.parametrize(
+    "head, shape",
+    [
+        ("classification", dict(num_hidden_layers=2, hidden_size=48, intermediate_size=96, num_attention_heads=4)),
+        ("qa", dict(num_hidden_layers=2, hidden_size=48, intermediate_size=96, num_attention_heads=4)),
+        ("classification", dict(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=8)),
+    ],
+    ids=["student-classification", "student-qa", "teacher-classification"],
+)
+def test_onnx_graphs_match_pytorch_and_are_fused(tmp_path, head, shape):
+    """Every exported graph answers like PyTorch at batch sizes and lengths other than the export's
+    (dynamic axes), padding included; the optimizer fuses every attention block."""
+    torch.manual_seed(0)
+    model = build_model(BertConfig(vocab_size=300, num_labels=3, **shape), head)
+    files = export_files(model, tmp_path)
+    assert set(files) == {"fp32", "fused", "int8"}
+    import onnx
+
+    graph = onnx.load(str(files["fp32"])).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(d.dim_param for i in graph.input for d in i.type.tensor_type.shape.dim)  # batch, sequence
+    assert onnx.load(str(files["fp32"])).opset_import[0].version >= 17
+    ops = [n.op_type for n in onnx.load(str(files["fused"])).graph.node]
+    assert ops.count("Attention") == shape["num_hidden_layers"]
+    assert ops.count("SkipLayerNormalization") >= shape["num_hidden_layers"]
+
+    for n, length in ((1, 9), (7, 24)):
+        feats = _features(300, n, length)
+        reference = predict_logits(model, feats, batch_size=4)
+        assert reference.shape == ((n, 3) if head == "classification" else (n, 2, length))
+        for kind in ("fp32", "fused"):
+            got = predict_logits(OnnxModel(files[kind]), feats, batch_size=4)
+            np.testing.assert_allclose(got, reference, atol=1e-4, rtol=0)
+        int8 = predict_logits(OnnxModel(files["int8"]), feats, batch_size=4)
+        assert int8.shape == reference.shape and np.isfinite(int8).all()
+        assert np.abs(int8 - reference).max() > 0  # the INT8 graph is really quantised
+
+
+def _task_folders(tmp_path, task: str):
+    """A tiny task: trained-looking student and teacher folders (random weights), dev data and features."""
+    head = get_task(task).head
+    if task == "sst2":
+        dev = write_sst2(tmp_path / "data") / "dev.tsv"
+    else:
+        dev = write_squad(tmp_path / "data") / "dev-v1.1.json"
+    teacher = task_teacher(tmp_path / "teacher", head, seed=0)
+    student = task_teacher(tmp_path / "student", head, seed=1)
+    settings = FeatureSettings(max_seq_length=64, doc_stride=16, max_query_length=16)
+    arrays, attrs = build_task_features(get_task(task), dev, teacher / "vocab.txt", False, settings)
+    write_h5(arrays, tmp_path / "dev.hdf5", attrs)
+    return student, teacher, dev, tmp_path / "dev.hdf5"
+
+
+@pytest.mark.parametrize("task, metric", [("sst2", "accuracy"), ("squad", "f1")])
+def test_export_stage_checks_parity_and_evaluates_int8(tmp_path, task, metric):
+    """The export stage writes both models' graphs, records parity within the tolerance, and the
+    dev metric of PyTorch, the fused fp32 graph and the INT8 graph by the same evaluation code."""
+    student, teacher, dev, dev_h5 = _task_folders(tmp_path, task)
+    out = tmp_path / f"{task}_onnx"
+    record = deploy.export(task, student, teacher, dev_h5, dev, out, 16, 20, 30, {"parity_features": None})
+    assert record == json.loads((out / "export.json").read_text())
+    for side in ("student", "teacher"):
+        info = record["models"][side]
+        assert {f.name for f in (out / side).iterdir()} == set(FILES.values())
+        assert info["parity"]["fp32"] <= 1e-3 and info["parity"]["fused"] <= 1e-3
+        assert info["parity"]["features"] == len(__import__("h5py").File(dev_h5)["input_ids"])
+        dev_metrics = info["dev"]
+        assert set(dev_metrics) == {"pytorch", "onnx_fused", "onnx_int8"}
+        # fp32 ONNX gives the same predictions as PyTorch, so the same metric.
+        assert dev_metrics["onnx_fused"][metric] == pytest.approx(dev_metrics["pytorch"][metric], abs=1e-9)
+        assert 0.0 <= dev_metrics["onnx_int8"][metric] <= 100.0
+        change = dev_metrics["onnx_int8"][metric] - dev_metrics["onnx_fused"][metric]
+        assert info["int8_metric_change"] == pytest.approx(change, abs=1e-4)
+        assert info["fused_operators"]["Attention"] == 2
+        assert info["source"] == str({"student": student, "teacher": teacher}[side])
+
+
+def test_export_fails_when_the_graph_does_not_match(tmp_path, monkeypatch):
+    """A graph whose logits differ from the PyTorch model's (here: exported from perturbed weights)
+    fails the stage with the file and the difference; nothing is left at the output path."""
+    student, teacher, dev, dev_h5 = _task_folders(tmp_path, "sst2")
+    real = deploy.export_files
+
+    def wrong(model, folder, *args):
+        import copy
+
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.classifier.bias.add_(0.5)
+        return real(other, folder, *args)
+
+    monkeypatch.setattr(deploy, "export_files", wrong)
+    with pytest.raises(ExportError, match=r"model\.onnx: ONNX Runtime's logits differ from PyTorch's by 0\.5"):
+        deploy.export("sst2", student, teacher, dev_h5, dev, tmp_path / "out", 16, 20, 30, ExportSettings())
+    assert not (tmp_path / "out").exists()
+
+
+TINY_SHAPES = {
+    "tiny": {
+        "student": {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                    "vocab_size": 2000},
+        "teacher": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                    "vocab_size": 2000},
+    }
+}  # fmt: skip
+
+
+def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkeypatch):
+    """A tiny task export and a tiny shape pair, 2 timed iterations: every CPU backend x batch x seq
+    has a row whose ratios follow from its own numbers; GPU backends are skipped with the reason
+    here; a backend without its file is skipped, not faked."""
+    student, teacher, dev, dev_h5 = _task_folders(tmp_path, "sst2")
+    export_dir = tmp_path / "sst2_onnx"
+    deploy.export("sst2", student, teacher, dev_h5, dev, export_dir, 16, 20, 30, {"int8": False})
+    settings = {"batch_sizes": [1, 3], "seq_lengths": [16], "warmup": 1, "iterations": 2, "threads": 1}
+    out = tmp_path / "benchmark"
+    summary = deploy.benchmark(out, settings, [export_dir], TINY_SHAPES)
+    assert {p.name for p in out.iterdir()} == {"summary.json", "summary.md", "throughput.svg"}
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (out / "throughput.svg").read_text().lstrip().startswith("<?xml")
+    m = summary["machine"]
+    assert m["cpu"] and m["threads"] == 1 and "onnxruntime" in m["versions"] and "torch" in m["versions"]
+    assert set(summary["pairs"]) == {"sst2", "tiny"}
+    assert summary["pairs"]["tiny"]["teacher"]["layers"] == 2 and summary["pairs"]["sst2"]["kind"] == "task"
+
+    cpu = ["torch", "ort", "ort-fused", "ort-int8"]
+    rows = {(r["pair"], r["backend"], r["batch"], r["seq"]): r for r in summary["results"]}
+    for b in (1, 3):
+        for backend in cpu:
+            assert ("tiny", backend, b, 16) in rows
+        for backend in ("torch", "ort", "ort-fused"):
+            assert ("sst2", backend, b, 16) in rows
+        assert ("sst2", "ort-int8", b, 16) not in rows  # not exported: no figure
+    for r in summary["results"]:
+        s, t = r["student"], r["teacher"]
+        assert s["iterations"] == t["iterations"] == 2
+        assert s["latency_ms"]["p50"] <= s["latency_ms"]["p99"]
+        assert r["speedup"] == pytest.approx(s["seq_per_s"] / t["seq_per_s"], rel=1e-2)
+        assert s["seq_per_s"] == pytest.approx(r["batch"] / (s["latency_ms"]["mean"] / 1000), rel=1e-2)
+    assert summary["errors"] == []
+    skipped = {(s["pair"], s["backend"]): s["reason"] for s in summary["skipped"]}
+    assert skipped[("sst2", "ort-int8")] == "no model.int8.onnx was exported (export settings)"
+    assert ("tiny", "ort-int8") not in skipped
+    skipped = {b: why for (pair, b), why in skipped.items() if pair == "tiny"}
+    if not torch.cuda.is_available():
+        for backend in ("torch-fp16", "torch-bf16", "torch-compile", "tensorrt-fp16"):
+            assert "CUDA" in skipped[backend]
+    if "CUDAExecutionProvider" not in bench._ort_providers():
+        assert "CUDAExecutionProvider" in skipped["ort-cuda"]
+    headline = {(h["pair"], h["batch"]): h for h in summary["headline"]}
+    h = headline[("tiny", 3)]
+    best = max(("torch", "ort", "ort-fused"), key=lambda b: rows[("tiny", b, 3, 16)]["student"]["seq_per_s"])
+    assert h["best_fp32"]["student_backend"] == best
+    assert h["student_best_fp32_vs_torch_eager"] == pytest.approx(
+        rows[("tiny", best, 3, 16)]["student"]["seq_per_s"] / rows[("tiny", "torch", 3, 16)]["student"]["seq_per_s"],
+        rel=1e-2,
+    )
+    md = (out / "summary.md").read_text()
+    assert "| ort-fused | fp32 | 3 | 16 |" in md and "Skipped backends" in md
+
+
+def test_missing_backend_is_reported_with_its_reason(tmp_path, monkeypatch):
+    """No tensorrt module and an onnxruntime without the CUDA provider: both reported as skipped."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorrt(name, *args, **kwargs):
+        if name == "tensorrt":
+            raise ImportError("No module named 'tensorrt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    monkeypatch.setattr(bench, "_cuda", lambda: None)  # as if a GPU were there
+    monkeypatch.setattr(bench, "_ort_providers", lambda: ["CPUExecutionProvider"])
+    pair = bench.shape_pair("tiny", TINY_SHAPES["tiny"], tmp_path)
+    settings = BenchmarkSettings(backends=["tensorrt-fp16", "ort-cuda", "ort"], batch_sizes=[2], seq_lengths=[8],
+                                 warmup=0, iterations=1)  # fmt: skip
+    summary = bench.run_benchmark([pair], settings, tmp_path)
+    skipped = {s["backend"]: s["reason"] for s in summary["skipped"]}
+    assert skipped["tensorrt-fp16"].startswith("tensorrt is not importable")
+    assert "no CUDAExecutionProvider" in skipped["ort-cuda"]
+    assert [r["backend"] for r in summary["results"]] == ["ort"]
+
+
+def test_latency_stats_by_hand():
+    stats = bench.latency_stats([0.1, 0.2, 0.3, 0.4], batch=8)
+    assert stats["seq_per_s"] == pytest.approx(32 / 1.0)
+    assert stats["latency_ms"]["mean"] == pytest.approx(250.0)
+    assert stats["latency_ms"]["p50"] == pytest.approx(250.0)
+    assert stats["latency_ms"]["p90"] == pytest.approx(370.0)
+    assert stats["iterations"] == 4
+
+
+def test_unknown_backend_is_a_settings_error():
+    from bertdistill.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="unknown .*tensorflow.*known backends: torch"):
+        BenchmarkSettings(backends=["tensorflow"])
