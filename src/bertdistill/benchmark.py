@@ -81,8 +81,9 @@ class Pair:
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends: each returns a runner ``run(input_ids, attention_mask, token_type_ids)`` that computes
-# one batch and returns when its result is ready (GPU: synchronised by the timer).
+# Backends: each returns ``bind(input_ids, attention_mask, token_type_ids)``, which prepares one
+# batch's inputs (device copies, feeds) untimed and returns ``run()``, which computes the batch
+# (on a GPU the timer's CUDA events wait for it).
 
 
 def _cuda() -> None:
@@ -101,11 +102,14 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
     if backend == "torch":
         m = m.float().cpu()
 
-        def run(ids, mask, types):
-            with torch.inference_mode():
-                return m(ids, mask, types)
+        def bind(ids, mask, types):
+            def run():
+                with torch.inference_mode():
+                    return m(ids, mask, types)
 
-        return run
+            return run
+
+        return bind
     _cuda()
     m = m.cuda()
     dtype = torch.bfloat16 if backend == "torch-bf16" else torch.float16
@@ -116,12 +120,17 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
         # CUDA graphs ("reduce-overhead"); one graph per shape, captured during warm-up.
         fn = torch.compile(m, mode="reduce-overhead", dynamic=False)
 
-    def run(ids, mask, types):
-        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
-            out = fn(ids.cuda(non_blocking=True), mask.cuda(non_blocking=True), types.cuda(non_blocking=True))
-            return out.logits if out.logits is not None else out.start_logits
+    def bind(ids, mask, types):
+        ids, mask, types = ids.cuda(), mask.cuda(), types.cuda()  # on the device before timing
 
-    return run
+        def run():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+                out = fn(ids, mask, types)
+                return out.logits if out.logits is not None else out.start_logits
+
+        return run
+
+    return bind
 
 
 def _ort_runner(model: Model, backend: str, threads: int | None, workdir: Path) -> Callable:
@@ -151,11 +160,13 @@ def _ort_runner(model: Model, backend: str, threads: int | None, workdir: Path) 
         session = ort_session(model.onnx["fp32"], threads, [("TensorrtExecutionProvider", options)])
     names = {i.name for i in session.get_inputs()}
 
-    def run(ids, mask, types):
+    def bind(ids, mask, types):
+        # Host arrays: with the CUDA/TensorRT providers each run includes the copy to the device.
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return session.run(None, {k: v.numpy() for k, v in feeds.items() if k in names})
+        feeds = {k: v.numpy() for k, v in feeds.items() if k in names}
+        return lambda: session.run(None, feeds)
 
-    return run
+    return bind
 
 
 def _fp16_copy(path: Path, config: BertConfig, dst: Path) -> Path:
@@ -201,25 +212,28 @@ def _tensorrt_runner(model: Model, shapes: Sequence[tuple[int, int]]) -> Callabl
     dtypes = {n: getattr(torch, np.dtype(trt.nptype(engine.get_tensor_dtype(n))).name) for n in names}
     stream = torch.cuda.current_stream()
 
-    def run(ids, mask, types):
+    def bind(ids, mask, types):
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        keep = []
+        buffers = {}  # device tensors, allocated once per shape
         for n in names:
             if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
-                t = feeds[n].to("cuda", dtypes[n])
-                context.set_input_shape(n, tuple(t.shape))
-                keep.append(t)
-                context.set_tensor_address(n, t.data_ptr())
+                buffers[n] = feeds[n].to("cuda", dtypes[n])
+                context.set_input_shape(n, tuple(buffers[n].shape))
         for n in names:
             if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT:
-                t = torch.empty(tuple(context.get_tensor_shape(n)), dtype=dtypes[n], device="cuda")
-                keep.append(t)
-                context.set_tensor_address(n, t.data_ptr())
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        return keep
+                shape = tuple(context.get_tensor_shape(n))
+                buffers[n] = torch.empty(shape, dtype=dtypes[n], device="cuda")
 
-    return run
+        def run():
+            for n, t in buffers.items():
+                context.set_tensor_address(n, t.data_ptr())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            return buffers
+
+        return run
+
+    return bind
 
 
 def make_runner(
@@ -292,12 +306,14 @@ def measure_pair(
     warmup: int,
     iters: int,
 ) -> dict[str, Any]:
-    """Warm up both, then alternate one timed batch of student and teacher ``iters`` times."""
+    """Bind both to one batch of inputs, warm up both, then alternate one timed batch of student and
+    teacher ``iters`` times."""
     inputs = _inputs(batch, seq, vocab_size)
+    run_student, run_teacher = run_student(*inputs), run_teacher(*inputs)
     timed = _timer(device)
     for _ in range(warmup):
-        run_student(*inputs)
-        run_teacher(*inputs)
+        run_student()
+        run_teacher()
     if device == "cuda":
         torch.cuda.synchronize()
     s_times, t_times = [], []
@@ -305,7 +321,7 @@ def measure_pair(
         # Alternate which side goes first, so neither always runs on a cache the other warmed.
         order = [(run_student, s_times), (run_teacher, t_times)]
         for fn, out in order if i % 2 == 0 else order[::-1]:
-            out.append(timed(lambda fn=fn: fn(*inputs)))
+            out.append(timed(fn))
     student, teacher = latency_stats(s_times, batch), latency_stats(t_times, batch)
     return {
         "student": student,
