@@ -205,5 +205,8 @@ def augment_settings(wildcards):
     a = config["augment"]
     return {
         "n": task_config(wildcards)["augment"]["n"],
-        **{k: a[k] for k in ("m", "p", "seed", "vector_vocab", "max_batch_tokens")},
+        **{
+            k: a[k]
+            for k in ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "max_texts")
+        },
     }

@@ -181,3 +181,29 @@ def test_vector_formats(tmp_path):
     assert np.allclose(kv["dog"], [0.9, 0.1, 0])
     wv = WordVectors.load(tmp_path / "b.kv")
     assert wv.neighbours(["cat"], 2)["cat"] == ["dog", "fish"]
+
+
+def test_max_texts_augments_the_first_texts_and_keeps_the_rest(setup, tmp_path):
+    """`augment.max_texts`: only the first texts get variants (over every shard); the gathered file
+    still holds every original example, in order, with its label."""
+    from bertdistill.data.glue import read_sst2_tsv, write_sst2_tsv
+    from bertdistill.tasks import get_task
+
+    ours, _, _ = setup
+    texts = [d.split(".")[0].lower() for d in DOCUMENTS] + [EXTRA]
+    labels = [i % 2 for i in range(len(texts))]
+    train = tmp_path / "train.tsv"
+    write_sst2_tsv(train, texts, labels)
+    task = get_task("sst2")
+    s = AugmentSettings(n=5, m=6, seed=3, max_texts=3)
+    parts = [task.augment(ours, train, shard, 2, s)[0] for shard in range(2)]
+    assert sorted(g[0] for p in parts for g in p["groups"]) == [0, 1, 2]
+    out = tmp_path / "aug.tsv"
+    task.gather(train, parts, out)
+    got_texts, got_labels = read_sst2_tsv(out)
+    originals = [i for i, t in enumerate(got_texts) if t in texts]
+    assert [got_texts[i] for i in originals] == texts and [got_labels[i] for i in originals] == labels
+    # Variants follow their original and only the first three texts have any.
+    assert len(got_texts) > len(texts)
+    assert originals[3:] == list(range(originals[3], originals[3] + len(texts) - 3))
+    assert originals[3] == len(got_texts) - (len(texts) - 3)

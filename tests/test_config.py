@@ -126,7 +126,7 @@ SCHEMA_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
         (
             "AugmentSettings",
             "$defs/task/properties/augment",
-            ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "enabled"),
+            ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "max_texts", "enabled"),
         ),
         ("FeatureSettings", "$defs/task/properties/features", ()),
         ("ClozeSettings", "properties/data/properties/squad_cloze", ()),

@@ -192,6 +192,7 @@ class AugmentSettings:
         seed: random seed; each text is seeded from (seed, text index)
         vector_vocab: word-vector neighbours come from the first this many words
         max_batch_tokens: tokens per masked-LM batch
+        max_texts: augment only the first this many texts (SQuAD: paragraphs), keep the rest (null = all)
     """
 
     n: int = 20
@@ -200,6 +201,7 @@ class AugmentSettings:
     seed: int = 1
     vector_vocab: int = 100_000
     max_batch_tokens: int = 16384
+    max_texts: int | None = None
 
 
 @dataclass

@@ -63,6 +63,16 @@ class Task(Protocol):
         device: Any = "cpu",
     ) -> tuple[dict[str, float], Any]: ...
 
+    def evaluate_logits(
+        self,
+        logits: np.ndarray,
+        dev_features: Mapping[str, np.ndarray],
+        dev: str | Path,
+        vocab: str | Path,
+        n_best: int,
+        max_answer_length: int,
+    ) -> tuple[dict[str, float], Any]: ...
+
     def baseline(self, dev_features: Mapping[str, np.ndarray], dev: str | Path) -> dict[str, Any]: ...
 
     def augment(
@@ -76,6 +86,11 @@ def _logits(model, features: Mapping[str, np.ndarray], batch_size: int, device: 
     from .inference import predict_logits
 
     return predict_logits(model, features, batch_size, device)
+
+
+def _augmented_count(n: int, settings: AugmentSettings) -> int:
+    """How many of the first texts are augmented (``settings.max_texts``; all when None)."""
+    return n if settings.max_texts is None else min(n, settings.max_texts)
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,10 @@ class GlueTask:
 
     def evaluate(self, model, dev_features, dev, vocab, batch_size, n_best, max_answer_length, device="cpu"):
         logits = _logits(model, dev_features, batch_size, device)
+        return self.evaluate_logits(logits, dev_features, dev, vocab, n_best, max_answer_length)
+
+    def evaluate_logits(self, logits, dev_features, dev, vocab, n_best, max_answer_length):
+        """Metrics and predictions from the logits of every dev feature."""
         return {"accuracy": glue.accuracy(logits, dev_features["labels"])}, logits.argmax(-1).tolist()
 
     def baseline(self, dev_features, dev):
@@ -119,12 +138,16 @@ class GlueTask:
         from .augment import augment_classification
 
         data = self.read(train)
-        indices = list(range(shard_index, len(data.texts), num_shards))
+        indices = list(range(shard_index, _augmented_count(len(data.texts), settings), num_shards))
         groups, stats, samples = augment_classification(augmentor, data.texts, indices, settings)
         return {"groups": [(i, rows, data.labels[i]) for i, rows in groups]}, stats, samples
 
     def gather(self, train, parts, output):
-        groups = sorted((g for part in parts for g in part["groups"]), key=lambda g: g[0])
+        groups = [g for part in parts for g in part["groups"]]
+        data = self.read(train)
+        done = {g[0] for g in groups}  # texts past augment.max_texts stay as they are
+        groups += [(i, [list(data.texts[i])], data.labels[i]) for i in range(len(data.texts)) if i not in done]
+        groups.sort(key=lambda g: g[0])
         rows = [(row, label) for _, variants, label in groups for row in variants]
         glue.write_glue_tsv(output, self.fmt, [r[0] for r in rows], [r[1] for r in rows])
 
@@ -157,9 +180,13 @@ class SquadTask:
         return feats.arrays(), {"examples": len(examples), "dropped_examples": dropped}
 
     def evaluate(self, model, dev_features, dev, vocab, batch_size, n_best, max_answer_length, device="cpu"):
+        logits = _logits(model, dev_features, batch_size, device)
+        return self.evaluate_logits(logits, dev_features, dev, vocab, n_best, max_answer_length)
+
+    def evaluate_logits(self, logits, dev_features, dev, vocab, n_best, max_answer_length):
+        """The official EM/F1 and the answers from the start/end logits of every dev feature."""
         from .checkpoints import read_vocab
 
-        logits = _logits(model, dev_features, batch_size, device)
         data = squad.load_squad_json(dev)
         examples, _ = squad.read_squad_examples(data, training=False)
         feats = squad.SquadFeatures(**{k: dev_features[k] for k in squad.SquadFeatures.__dataclass_fields__})
@@ -182,7 +209,7 @@ class SquadTask:
         from .augment import augment_squad_paragraphs
 
         paragraphs = [p for a in squad.load_squad_json(train) for p in a["paragraphs"]]
-        indices = list(range(shard_index, len(paragraphs), num_shards))
+        indices = list(range(shard_index, _augmented_count(len(paragraphs), settings), num_shards))
         new, stats, samples = augment_squad_paragraphs(augmentor, paragraphs, indices, settings)
         return {"paragraphs": new}, stats, samples
 
