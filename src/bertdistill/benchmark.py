@@ -390,6 +390,10 @@ def run_benchmark(pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: P
                     skipped.append({"pair": pair.name, "backend": backend, "reason": str(e)})
                     log(f"{pair.name} {backend}: skipped ({e})")
                     continue
+                except Exception as e:  # e.g. a provider whose libraries are missing: reported, not hidden
+                    errors.append({"pair": pair.name, "backend": backend, "batch": None, "seq": None, "error": repr(e)})
+                    log(f"{pair.name} {backend}: error {e!r}")
+                    continue
                 vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
                 for batch, seq in shapes:
                     t0 = time.time()
@@ -586,7 +590,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
     if summary["errors"]:
         lines += ["## Errors", ""]
-        lines += [f"- `{e['backend']}` {e['pair']} b{e['batch']} s{e['seq']}: {e['error']}" for e in summary["errors"]]
+        for e in summary["errors"]:
+            where = f" batch {e['batch']}, seq {e['seq']}" if e["batch"] is not None else ""
+            lines.append(f"- `{e['backend']}` {e['pair']}{where}: {e['error']}")
         lines.append("")
     return "\n".join(lines)
 
