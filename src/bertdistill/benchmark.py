@@ -117,7 +117,13 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
         raise Skip("this GPU does not support bf16")
     fn = m
     if backend == "torch-compile":
-        # CUDA graphs ("reduce-overhead"); one graph per shape, captured during warm-up.
+        # CUDA graphs ("reduce-overhead"); one graph per shape, captured during warm-up. Past the
+        # recompile limit dynamo would silently run eager under this backend's name: raise it.
+        import torch._dynamo.config as dynamo_config
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
         fn = torch.compile(m, mode="reduce-overhead", dynamic=False)
 
     def bind(ids, mask, types):
