@@ -100,15 +100,20 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = False, r
     """Dynamic INT8 quantisation of every MatMul/Gemm weight of ``src`` into ``dst``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "pre-process" advice
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        extra_options={"DefaultTensorType": 1},  # FLOAT where shape inference leaves a type open
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # it logs its "pre-process first" advice on the root logger
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            extra_options={"DefaultTensorType": 1},  # FLOAT where shape inference leaves a type open
+        )
+    finally:
+        root.setLevel(level)
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: list | None = None):

@@ -162,9 +162,10 @@ def benchmark(
         if not pairs:
             raise ExportError("benchmark: nothing to measure; give task exports or shapes")
         summary = run_benchmark(pairs, settings, work)
-    for p in summary["pairs"].values():  # scratch ONNX files of shapes are gone; keep what was measured
-        for side in ("student", "teacher"):
-            p[side]["onnx"] = sorted(p[side]["onnx"]) if p["kind"] == "shape" else p[side]["onnx"]
+    for p in summary["pairs"].values():  # a shape's ONNX files were scratch (now deleted): keep their kinds
+        if p["kind"] == "shape":
+            for side in ("student", "teacher"):
+                p[side]["onnx"] = sorted(p[side]["onnx"])
     tmp = output.with_name(f".{output.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
