@@ -321,3 +321,36 @@ def tiny_config(tmp_path: Path) -> dict:
             "phase2": {"seq": 128, "train": {**train, "max_steps": 3, "batch_size": 2}},
         },
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny distillation objective for trainer tests
+
+
+def tiny_objective(seed: int = 0):
+    """A 1-layer student, its 2-layer teacher (no dropout) and the backbone objective joining them."""
+    from bertdistill.objectives import BackboneObjective
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=40,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    teacher = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=16, **common))
+    student = BertModel(
+        BertConfig(hidden_size=8, num_hidden_layers=1, intermediate_size=8, **common), add_pooling_layer=False
+    )
+    return BackboneObjective(student, teacher.config, make_projection(student.config, teacher.config, 0)), teacher
+
+
+def tiny_data(n: int = 24, length: int = 12):
+    """Random ids with random lengths (padding at the end), as the trainer's dataset."""
+    from bertdistill.train import TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 40, (n, length), generator=g)
+    mask = (torch.arange(length)[None] < torch.randint(3, length + 1, (n, 1), generator=g)).long()
+    return TensorDataset({"input_ids": ids * mask, "attention_mask": mask})

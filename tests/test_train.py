@@ -26,6 +26,7 @@ from bertdistill.train import (
     steps_per_epoch,
     trim_padding,
 )
+from helpers import tiny_data, tiny_objective
 
 CHILD = Path(__file__).with_name("train_child.py")
 # The tests folder first, then whatever PYTHONPATH already holds (a source checkout without install).
@@ -225,48 +226,22 @@ def test_keep_best_selects_and_records(tmp_path):
     assert all(torch.equal(model.state_dict()[k], saved[1][k]) for k in saved[1])
 
 
-def _tiny_objective(seed=0):
-    from bertdistill.model import BertConfig, BertModel
-    from bertdistill.objectives import BackboneObjective, make_projection
-
-    torch.manual_seed(seed)
-    common = dict(
-        vocab_size=40,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    teacher = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, intermediate_size=16, **common))
-    student = BertModel(
-        BertConfig(hidden_size=8, num_hidden_layers=1, intermediate_size=8, **common), add_pooling_layer=False
-    )
-    return BackboneObjective(student, teacher.config, make_projection(student.config, teacher.config, 0)), teacher
-
-
-def _tiny_data(n=24, length=12):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 40, (n, length), generator=g)
-    mask = (torch.arange(length)[None] < torch.randint(3, length + 1, (n, 1), generator=g)).long()
-    return TensorDataset({"input_ids": ids * mask, "attention_mask": mask})
-
-
 def test_gradient_accumulation_equals_bigger_batch(tmp_path):
     runs = {}
     for name, (bs, accum) in {"big": (8, 1), "accum": (4, 2)}.items():
-        objective, teacher = _tiny_objective()
+        objective, teacher = tiny_objective()
         cfg = TrainConfig(max_steps=4, batch_size=bs, grad_accum=accum, lr=1e-2, dynamic_padding=False, log_every=1)
-        Trainer(cfg, tmp_path / name).fit(objective, _tiny_data(), teacher=teacher)
+        Trainer(cfg, tmp_path / name).fit(objective, tiny_data(), teacher=teacher)
         runs[name] = objective.state_dict()
     assert all(torch.allclose(runs["big"][k], runs["accum"][k], atol=1e-6) for k in runs["big"])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs(tmp_path, precision):
-    objective, teacher = _tiny_objective()
+    objective, teacher = tiny_objective()
     before = {k: v.clone() for k, v in objective.state_dict().items()}
     cfg = TrainConfig(max_steps=3, batch_size=8, lr=1e-2, precision=precision, log_every=1)
-    result = Trainer(cfg, tmp_path / "s", log_csv=tmp_path / "log.csv").fit(objective, _tiny_data(), teacher=teacher)
+    result = Trainer(cfg, tmp_path / "s", log_csv=tmp_path / "log.csv").fit(objective, tiny_data(), teacher=teacher)
     assert math.isfinite(result.last_terms["loss"])
     # On a GPU machine the trainer runs there (CUDA autocast, GradScaler, fused AdamW).
     assert any(not torch.equal(before[k], v.cpu()) for k, v in objective.state_dict().items())
@@ -280,11 +255,11 @@ def test_saved_output_records_selection(tmp_path):
 
     from bertdistill.stages.common import train_and_save
 
-    objective, teacher = _tiny_objective()
+    objective, teacher = tiny_objective()
     cfg = TrainConfig(max_steps=2, batch_size=8, lr=1e-2, log_every=1)
     result = train_and_save(
         objective,
-        _tiny_data(),
+        tiny_data(),
         train=cfg,
         output=tmp_path / "out",
         snapshot_dir=None,
@@ -309,10 +284,10 @@ def test_compiled_training_matches_eager(tmp_path):
     counters.clear()
     runs = {}
     for mode in (None, "default"):
-        objective, teacher = _tiny_objective()
+        objective, teacher = tiny_objective()
         cfg = TrainConfig(max_steps=3, batch_size=8, lr=1e-2, log_every=1, compile=mode, device="cpu")
         Trainer(cfg, tmp_path / f"s{mode}", log_csv=tmp_path / f"{mode}.csv").fit(
-            objective, _tiny_data(), teacher=teacher
+            objective, tiny_data(), teacher=teacher
         )
         runs[mode] = ([float(r["loss"]) for r in read_csv(tmp_path / f"{mode}.csv")], objective.state_dict())
     (eager, we), (compiled, wc) = runs[None], runs["default"]

@@ -14,11 +14,12 @@ reshapes with ``train_batch_size`` and so needs full batches).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .settings import layer_map  # noqa: F401 - re-exported: the losses are defined over its pairs
 
 MASKINGS = ("faithful", "masked")
 # Scores at or below this are treated as masked by the reference (it adds -10000 to padded keys).
@@ -175,36 +176,3 @@ def soft_cross_entropy(
     """
     p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
     return (-p_t * F.log_softmax(student_logits.float() / temperature, dim=-1)).mean()
-
-
-def layer_map(
-    num_student_layers: int, num_teacher_layers: int, kind: str | Sequence[int] | Sequence[Sequence[int]] = "last"
-) -> list[tuple[int, int]]:
-    """Pairs (student layer, teacher layer), 0-based over encoder layers.
-
-    ``last``: the last student layer to the last teacher layer (MiniLM, the reference).
-    ``uniform``: student i -> teacher (i+1)·k − 1 with k = T / S (TinyBERT; T % S must be 0).
-    A list: either one teacher index per student layer, or explicit (student, teacher) pairs.
-    """
-    s, t = num_student_layers, num_teacher_layers
-    if kind == "last":
-        pairs = [(s - 1, t - 1)]
-    elif kind == "uniform":
-        if t % s:
-            raise ValueError(f"uniform layer map needs teacher layers ({t}) divisible by student layers ({s})")
-        k = t // s
-        pairs = [(i, (i + 1) * k - 1) for i in range(s)]
-    elif isinstance(kind, str):
-        raise ValueError(f"layer map must be 'last', 'uniform' or a list, got {kind!r}")
-    else:
-        items = list(kind)
-        if all(isinstance(x, int) for x in items):
-            if len(items) != s:
-                raise ValueError(f"layer map lists {len(items)} teacher layers for {s} student layers")
-            pairs = list(enumerate(items))
-        else:
-            pairs = [(int(a), int(b)) for a, b in items]
-    for a, b in pairs:
-        if not (0 <= a < s and 0 <= b < t):
-            raise ValueError(f"layer pair ({a}, {b}) out of range for {s} student / {t} teacher layers")
-    return pairs

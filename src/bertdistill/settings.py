@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -79,6 +79,8 @@ class TrainConfig:
         eps: Adam's epsilon
         max_grad_norm: gradient clipping norm (0 = off)
         precision: fp32, bf16 or fp16 (fp16 adds a gradient scaler)
+        max_skipped_steps: fp16: overflow steps in a row the gradient scaler may skip before training
+            stops (fp32 and bf16 stop at the first non-finite loss or gradient)
         seed: random seed (each rank adds its rank)
         teacher_dropout: keep the teacher's dropout on while it produces targets (the reference does)
         dynamic_padding: cut each batch to its longest sequence, rounded up to 8
@@ -104,6 +106,7 @@ class TrainConfig:
     eps: float = 1e-8
     max_grad_norm: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_skipped_steps: int = 20
     seed: int = 1
     teacher_dropout: bool = True
     dynamic_padding: bool = True
@@ -123,7 +126,7 @@ class TrainConfig:
     def fingerprint(self, extra: Mapping[str, Any] | None = None) -> str:
         """Hash of everything that changes the result (not logging/snapshot cadence or device)."""
         d = dataclasses.asdict(self)
-        for k in ("snapshot_every", "log_every", "device", "compile"):
+        for k in ("snapshot_every", "log_every", "device", "compile", "max_skipped_steps"):
             d.pop(k)
         blob = json.dumps({"train": d, "extra": dict(extra or {})}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -310,3 +313,36 @@ class BenchmarkSettings:
             raise SettingsError(f"BenchmarkSettings.backends: unknown {unknown}; known backends: {', '.join(BACKENDS)}")
         if self.iterations < 1 or self.warmup < 0:
             raise SettingsError("BenchmarkSettings: iterations must be >= 1 and warmup >= 0")
+
+
+def layer_map(
+    num_student_layers: int, num_teacher_layers: int, kind: str | Sequence[int] | Sequence[Sequence[int]] = "last"
+) -> list[tuple[int, int]]:
+    """Pairs (student layer, teacher layer), 0-based over encoder layers.
+
+    ``last``: the last student layer to the last teacher layer (MiniLM, the reference).
+    ``uniform``: student i -> teacher (i+1)·k − 1 with k = T / S (TinyBERT; T % S must be 0).
+    A list: either one teacher index per student layer, or explicit (student, teacher) pairs.
+    """
+    s, t = num_student_layers, num_teacher_layers
+    if kind == "last":
+        pairs = [(s - 1, t - 1)]
+    elif kind == "uniform":
+        if t % s:
+            raise ValueError(f"uniform layer map needs teacher layers ({t}) divisible by student layers ({s})")
+        k = t // s
+        pairs = [(i, (i + 1) * k - 1) for i in range(s)]
+    elif isinstance(kind, str):
+        raise ValueError(f"layer map must be 'last', 'uniform' or a list, got {kind!r}")
+    else:
+        items = list(kind)
+        if all(isinstance(x, int) for x in items):
+            if len(items) != s:
+                raise ValueError(f"layer map lists {len(items)} teacher layers for {s} student layers")
+            pairs = list(enumerate(items))
+        else:
+            pairs = [(int(a), int(b)) for a, b in items]
+    for a, b in pairs:
+        if not (0 <= a < s and 0 <= b < t):
+            raise ValueError(f"layer pair ({a}, {b}) out of range for {s} student / {t} teacher layers")
+    return pairs

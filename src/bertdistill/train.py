@@ -8,13 +8,21 @@ Resumability: every ``snapshot_every`` steps, and when SIGTERM arrives (SLURM ti
 preemption), the trainer writes model, projection, optimizer, schedule, scaler, every rank's RNG
 states and the data position to ``snapshot_dir``. Running the same command again resumes from it,
 bit for bit on CPU in fp32. The data order is a pure function of (seed, epoch), so the data
-position is just the step count.
+position is just the step count. A snapshot is resumed only when its settings and the content of
+every input (``inputs``: sha256 of the files) are those of the new run, and it is read with
+``torch.load(weights_only=True)``: a snapshot file is data, never code.
+
+Divergence: a non-finite loss or gradient stops training before the update is applied, with an
+error naming the stage, the step and the last good snapshot; in fp16 the gradient scaler skips
+overflow steps (and lowers its scale) up to ``max_skipped_steps`` in a row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
@@ -282,15 +290,90 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss or gradient, a snapshot that cannot be written);
+    the message names the stage, the step and what to do."""
+
+
+def rng_state_plain() -> dict[str, Any]:
+    """RNG states as tensors, ints and tuples only, so a snapshot loads with ``weights_only=True``."""
+    state = rng_state()
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    return state
+
+
+def set_rng_state_plain(state: Mapping[str, Any]) -> None:
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    set_rng_state({**state, "numpy": (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)})
+
+
 def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a crash or a full disk never leaves a
+    half-written file under ``path`` (nor, when the write fails, the temporary file)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = " ".join(str(e).split())[:200]
+        raise TrainingError(
+            f"{path}: could not write the snapshot ({reason}); free disk space in {path.parent} "
+            "(or set snapshot_dir elsewhere) and rerun: training resumes from the last snapshot"
+        ) from None
 
 
-def _load(path: Path) -> Any:
-    # Our own snapshot, written by this trainer: RNG states need numpy/python objects.
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_snapshot_file(path: Path) -> Any:
+    """Read a snapshot file as data only (tensors, numbers, strings, containers): a planted file
+    that would run code on unpickling is refused (``pickle.UnpicklingError``), never executed."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Files in a model folder that record a run rather than define the model: they differ between two
+# identical trainings (wall time) and must not make an identical input look changed.
+RUN_RECORD_FILES = frozenset({"distill.json", "train.csv", "metrics.json", "predictions.json"})
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 identity of an input: a file's bytes, or a folder's files (names and bytes, sorted),
+    run records and hidden files excepted. A missing path digests as ``missing``."""
+    path = Path(path)
+    if path.is_file():
+        return _sha256(path)
+    if not path.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path)
+        if not f.is_file() or f.name in RUN_RECORD_FILES or any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\0{_sha256(f)}\0".encode())
+    return h.hexdigest()
+
+
+def input_digests(inputs: Mapping[str, str | Path | list[str | Path] | None]) -> dict[str, str]:
+    """``{name: digest}`` of every input (a list digests its members in order); None is skipped."""
+    out = {}
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            h = hashlib.sha256()
+            for v in value:
+                h.update(content_digest(v).encode())
+            out[name] = h.hexdigest()
+        else:
+            out[name] = content_digest(value)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,6 +388,7 @@ class TrainResult:
     selection: dict[str, Any]
     last_terms: dict[str, float]
     world_size: int = 1
+    skipped_steps: int = 0
 
 
 @dataclass
@@ -318,8 +402,10 @@ class Best:
     weights: dict[str, torch.Tensor] | None = None
 
     def record(self) -> dict[str, Any]:
-        """What the snapshot stores besides the weights."""
-        return {"metric": self.metric, "step": self.step, "history": self.history}
+        """What the snapshot stores besides the weights: plain numbers (numpy scalars become floats),
+        so the snapshot reads back with ``weights_only=True``."""
+        record = {"metric": self.metric, "step": self.step, "history": self.history}
+        return json.loads(json.dumps(record, default=float))
 
 
 @dataclass
@@ -340,6 +426,8 @@ class _Run:
     perm_epoch: int = -1
     perm: torch.Tensor | None = None
     last_terms: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0  # fp16 overflow steps the scaler skipped, in all
+    skipped_in_row: int = 0
     # Mean loss terms and sequences/s over the steps since the last CSV row.
     window: dict[str, float] = field(default_factory=dict)
     window_steps: int = 0
@@ -378,6 +466,24 @@ def _clone_targets(obj: Any) -> Any:
     return obj
 
 
+def _grad_norm(module: nn.Module, max_norm: float) -> float:
+    """The gradients' total L2 norm, clipped to ``max_norm`` when it is set (clip_grad_norm_
+    returns the norm before clipping); NaN or inf when a gradient is not finite."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm:
+        return float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def _snapshot_step(path: Path) -> int | str:
+    try:
+        return load_snapshot_file(path)["step"]
+    except Exception:  # noqa: BLE001 - only for a message
+        return "unknown"
+
+
 class Trainer:
     """Runs an objective for ``max_steps`` (or ``epochs``) with snapshots, logs and DDP."""
 
@@ -388,13 +494,27 @@ class Trainer:
         log_csv: str | Path | None = None,
         fingerprint_extra: Mapping[str, Any] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
+        inputs: Mapping[str, str | Path | list[str | Path] | None] | None = None,
+        name: str | None = None,
     ) -> None:
+        """``inputs`` (model folders, feature files, shards) are hashed by content: a snapshot
+        taken on other inputs (an upstream stage was rebuilt) is not resumed. ``name`` (the stage)
+        appears in error messages."""
         self.cfg = cfg
         self.snapshot_dir = Path(snapshot_dir)
         self.log_csv = Path(log_csv) if log_csv else None
-        self.fingerprint = cfg.fingerprint(fingerprint_extra)
         self.on_step = on_step
+        self.name = name or self.snapshot_dir.name.strip(".").removesuffix(".snapshots")
         self.dist, self.device = init_distributed(cfg.device)
+        self.inputs = self._input_digests(inputs or {})
+        self.fingerprint = cfg.fingerprint({**dict(fingerprint_extra or {}), "inputs": self.inputs})
+
+    def _input_digests(self, inputs: Mapping[str, Any]) -> dict[str, str]:
+        """Rank 0 reads the inputs once and tells the other ranks."""
+        digests = [input_digests(inputs) if self.dist.main else None]
+        if self.dist.enabled:
+            dist.broadcast_object_list(digests, src=0)
+        return digests[0]
 
     def fit(
         self,
@@ -416,23 +536,24 @@ class Trainer:
         bar = _progress(run.total, run.step, self.dist.main)
         objective.train()
         every = self.cfg.eval_every
-        with _sigterm_flag() as flag:
-            while run.step < run.total:
-                lr = self._step(run, objective, dataset, teacher)  # forward, backward, update
-                self._log(run, lr, logger, bar)
-                if evaluate is not None and every and (run.step % every == 0 or run.step == run.total):
-                    self._evaluate(objective, evaluate, run)
-                self._snapshot_or_stop(run, objective, flag, logger)
-        # termination: a final evaluation when none ran on a schedule, then keep the best or last
-        if evaluate is not None and not every:
-            self._evaluate(objective, evaluate, run)
-        for closable in (logger, bar):
-            if closable is not None:
-                closable.close()
+        try:
+            with _sigterm_flag() as flag:
+                while run.step < run.total:
+                    lr = self._step(run, objective, dataset, teacher)  # forward, backward, update
+                    self._log(run, lr, logger, bar)
+                    if evaluate is not None and every and (run.step % every == 0 or run.step == run.total):
+                        self._evaluate(objective, evaluate, run)
+                    self._snapshot_or_stop(run, objective, flag, logger)
+            # termination: a final evaluation when none ran on a schedule, then keep the best or last
+            if evaluate is not None and not every:
+                self._evaluate(objective, evaluate, run)
+        finally:  # an error message is the last line, not a half-drawn progress bar
+            for closable in (logger, bar):
+                if closable is not None:
+                    closable.close()
         selection = self._select(run, objective)
-        return TrainResult(
-            run.step, time.time() - start_time, run.resumed_from, selection, run.last_terms, self.dist.world
-        )
+        wall = time.time() - start_time
+        return TrainResult(run.step, wall, run.resumed_from, selection, run.last_terms, self.dist.world, run.skipped)
 
     # -- phases of fit ---------------------------------------------------------------------------
     def _prepare(self, objective: nn.Module, dataset: BatchDataset, teacher: nn.Module | None) -> _Run:
@@ -505,24 +626,56 @@ class Trainer:
                     run.scaler.scale(terms["loss"] * weight).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-        # update
-        run.scaler.unscale_(run.optimizer)
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.max_grad_norm)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.optimizer.zero_grad(set_to_none=True)
-        run.step += 1
-        # Loss terms averaged over every example of the global batch (all ranks).
+        # Loss terms averaged over every example of the global batch (all ranks), known to every
+        # rank before the update, so all ranks take the same decision on a non-finite value.
         keys = sorted(sums)
         packed = _all_reduce_sum(torch.tensor([sums[k] for k in keys] + [n_local], dtype=torch.float64), d)
         n_global = packed[-1].item()
-        run.last_terms = {k: packed[j].item() / n_global for j, k in enumerate(keys)}
+        terms_now = {k: packed[j].item() / n_global for j, k in enumerate(keys)}
+        # update (gradients are identical on every rank after DDP's all-reduce)
+        run.scaler.unscale_(run.optimizer)
+        norm = _grad_norm(objective, cfg.max_grad_norm)
+        finite = math.isfinite(norm) and all(math.isfinite(v) for v in terms_now.values())
+        if not finite and not run.scaler.is_enabled():
+            self._diverged(run, terms_now, norm)
+        scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0
+        run.scaler.step(run.optimizer)  # fp16: skipped when a gradient overflowed
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.scaler.is_enabled():
+            if run.scaler.get_scale() < scale:  # the scaler found inf/NaN and skipped the update
+                run.skipped += 1
+                run.skipped_in_row += 1
+                if run.skipped_in_row > cfg.max_skipped_steps:
+                    self._diverged(run, terms_now, norm, skipped=run.skipped_in_row)
+            elif not finite:
+                self._diverged(run, terms_now, norm)
+            else:
+                run.skipped_in_row = 0
+        run.step += 1
+        run.last_terms = terms_now
         for k, v in run.last_terms.items():
             run.window[k] = run.window.get(k, 0.0) + v
         run.window_steps += 1
         run.window_seqs += int(n_global)
         return lr
+
+    def _diverged(self, run: _Run, terms: Mapping[str, float], norm: float, skipped: int = 0) -> None:
+        """Stop before a non-finite update reaches the weights; nothing is written."""
+        snap = self._snapshot_path()
+        last = f"{snap} (step {_snapshot_step(snap)})" if snap.is_file() else "none (training starts afresh on rerun)"
+        values = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        what = (
+            f"{skipped} fp16 overflow steps in a row (max_skipped_steps {self.cfg.max_skipped_steps})"
+            if skipped
+            else "non-finite loss or gradient"
+        )
+        raise TrainingError(
+            f"{self.name}: {what} at step {run.step + 1} of {run.total} ({values}, gradient norm {norm:.4g}); "
+            f"no update applied, no output written; last good snapshot: {last}; lower train.lr "
+            f"(now {self.cfg.lr:g}) or keep max_grad_norm on"
+            + (", or train in bf16/fp32 instead of fp16" if self.cfg.precision == "fp16" else "")
+        )
 
     def _log(self, run: _Run, lr: float, logger: _CsvLog | None, bar) -> None:
         """A train.csv row every ``log_every`` steps (means over the window) and the progress bar."""
@@ -594,11 +747,12 @@ class Trainer:
     def _write_snapshot(self, run: _Run, objective: nn.Module) -> None:
         d, step, best = self.dist, run.step, run.best
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save(rng_state(), self.snapshot_dir / f"rng_rank{d.rank}_step{step}.pt")
+        atomic_save(rng_state_plain(), self.snapshot_dir / f"rng_rank{d.rank}_step{step}.pt")
         _barrier(d)
         if d.main:
             state = {
                 "fingerprint": self.fingerprint,
+                "inputs": self.inputs,
                 "step": step,
                 "world": d.world,
                 "objective": objective.state_dict(),
@@ -606,6 +760,7 @@ class Trainer:
                 "scheduler": {"schedule": self.cfg.schedule, "step": step},
                 "scaler": run.scaler.state_dict(),
                 "best": best.record(),
+                "skipped": run.skipped,
             }
             best_file = self.snapshot_dir / f"best_step{best.step}.pt"
             if best.weights is not None and not best_file.exists():
@@ -621,19 +776,54 @@ class Trainer:
         _barrier(d)
 
     def _read_snapshot(self) -> dict[str, Any] | None:
+        """The snapshot to resume, or None. One that cannot be read as data, or was taken with
+        other settings or on other inputs, is moved aside (the newest such folder is kept as
+        ``.stale-<time>``, older ones are removed) and training starts afresh."""
         path = self._snapshot_path()
         if not path.is_file():
             return None
-        state = _load(path)
-        if state.get("fingerprint") != self.fingerprint or state.get("world") != self.dist.world:
-            _barrier(self.dist)  # every rank has read the file before it moves
-            if self.dist.main:
-                stale = self.snapshot_dir.with_name(f"{self.snapshot_dir.name}.stale-{int(time.time())}")
-                log.warning("snapshot %s was made with other settings; moved to %s, starting afresh", path, stale)
-                shutil.move(str(self.snapshot_dir), stale)
-            _barrier(self.dist)
-            return None
-        return state
+        why = None
+        try:
+            state = load_snapshot_file(path)
+            rng = load_snapshot_file(self.snapshot_dir / f"rng_rank{self.dist.rank}_step{state['step']}.pt")
+        except Exception as e:  # noqa: BLE001 - refused (code in the file), truncated or foreign
+            why = f"it cannot be read as a snapshot ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+        else:
+            if state.get("world") != self.dist.world:
+                why = f"it was taken with {state.get('world')} processes, this run has {self.dist.world}"
+            elif state.get("inputs", {}) != self.inputs and state.get("fingerprint") != self.fingerprint:
+                old = state.get("inputs", {})
+                changed = sorted(k for k in set(old) | set(self.inputs) if old.get(k) != self.inputs.get(k))
+                why = f"its inputs changed since ({', '.join(changed)}: rebuilt upstream or replaced)"
+            elif state.get("fingerprint") != self.fingerprint:
+                why = "it was taken with other settings"
+        # Every rank has decided (the same way: same files) before rank 0 moves the folder.
+        refused = _all_reduce_sum(torch.tensor([0.0 if why is None else 1.0]), self.dist).item() > 0
+        if not refused:
+            state["rng"] = rng
+            return state
+        _barrier(self.dist)
+        if self.dist.main:
+            self._set_aside(why or "another rank could not read it")
+        _barrier(self.dist)
+        return None
+
+    def _set_aside(self, why: str) -> None:
+        stale = self.snapshot_dir.with_name(f"{self.snapshot_dir.name}.stale-{time.time_ns()}")
+        older = sorted(self.snapshot_dir.parent.glob(f"{self.snapshot_dir.name}.stale-*"))
+        shutil.move(str(self.snapshot_dir), stale)
+        # Only the newest set-aside snapshot is kept for inspection: they are not outputs, and a
+        # long-lived results folder would otherwise collect one per change of settings.
+        for folder in older:
+            shutil.rmtree(folder, ignore_errors=True)
+        log.warning(
+            "%s: not resuming the snapshot in %s: %s; moved to %s%s, starting from the new inputs",
+            self.name,
+            self.snapshot_dir,
+            why,
+            stale,
+            f" (removed {len(older)} older set-aside snapshot folder(s))" if older else "",
+        )
 
     def _resume(self, run: _Run, objective: nn.Module) -> None:
         snap = self._read_snapshot()
@@ -644,9 +834,10 @@ class Trainer:
         run.scaler.load_state_dict(snap["scaler"])
         run.step = run.resumed_from = snap["step"]
         run.best = Best(**snap["best"])
+        run.skipped = snap.get("skipped", 0)
         if run.best.step is not None and self.cfg.keep == "best":
-            run.best.weights = _load(self.snapshot_dir / f"best_step{run.best.step}.pt")
-        set_rng_state(_load(self.snapshot_dir / f"rng_rank{self.dist.rank}_step{run.step}.pt"))
+            run.best.weights = load_snapshot_file(self.snapshot_dir / f"best_step{run.best.step}.pt")
+        set_rng_state_plain(snap["rng"])
         log.info("resumed from %s at step %d", self._snapshot_path(), run.step)
 
     def clear_snapshots(self) -> None:

@@ -71,6 +71,7 @@ def adapt_mlm(
         vocab=vocab,
         after_fit=after,
         after_fit_file="mlm_accuracy.json",
+        inputs={"teacher": teacher, "shards": list(shards)},
     )
     return metrics
 

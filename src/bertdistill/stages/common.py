@@ -8,8 +8,21 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import save_model
+from ..checkpoints import CheckpointError, save_model
 from ..settings import TrainConfig
+
+
+def check_positions(data_path: Path | list[Path], length: int, *models: tuple[Path, Any]) -> None:
+    """Sequences of ``length`` tokens must fit every model's position embeddings: a one-line error
+    naming the data and the model instead of an IndexError inside the first forward. (The Snakefile
+    checks the same before any job runs when the teacher's config is known then.)"""
+    for path, model in models:
+        positions = model.config.max_position_embeddings
+        if length > positions:
+            raise CheckpointError(
+                f"{data_path}: sequences of {length} tokens, but {path} has max_position_embeddings {positions}; "
+                f"rebuild the data with max_seq_length <= {positions}"
+            )
 
 
 def snapshot_dir_for(output: Path, snapshot_dir: Path | None) -> Path:
@@ -30,6 +43,7 @@ def train_and_save(
     evaluate: Callable[[Any], dict[str, float]] | None = None,
     after_fit: Callable[[], Mapping[str, Any]] | None = None,
     after_fit_file: str | None = None,
+    inputs: Mapping[str, Path | list[Path] | None] | None = None,
 ) -> Any:
     """The skeleton of every training stage: fit ``objective`` with resumable snapshots, then
     (rank 0) write the student, its projection, ``train.csv`` and ``distill.json`` to
@@ -37,14 +51,23 @@ def train_and_save(
     remove the snapshots.
 
     ``record`` is what the stage adds to ``distill.json`` (and to the snapshot fingerprint: a
-    snapshot made with another record is not resumed). ``after_fit()`` runs once training is
+    snapshot made with another record is not resumed); ``inputs`` are the files and folders the
+    stage reads, hashed by content for the same purpose (an input rebuilt upstream since the
+    snapshot was taken means starting afresh). ``after_fit()`` runs once training is
     done; its result joins the record and, with ``after_fit_file``, is written as that JSON file
     into the output too. Returns the :class:`~bertdistill.train.TrainResult`.
     """
     from ..train import Trainer
 
     snapshots = snapshot_dir_for(output, snapshot_dir)
-    trainer = Trainer(train, snapshots, log_csv=snapshots / "train.csv", fingerprint_extra=record)
+    trainer = Trainer(
+        train,
+        snapshots,
+        log_csv=snapshots / "train.csv",
+        fingerprint_extra=record,
+        inputs=inputs,
+        name=str(record.get("stage", output.name)),
+    )
     result = trainer.fit(objective, data, teacher=teacher, evaluate=evaluate)
     extra = dict(after_fit()) if after_fit else {}
     if trainer.dist.main:
@@ -60,6 +83,8 @@ def train_and_save(
             "steps": result.steps,
             "resumed_from_step": result.resumed_from,
             "world_size": result.world_size,
+            "skipped_steps": result.skipped_steps,
+            "input_sha256": trainer.inputs,
             "wall_s": round(result.wall_s, 3),
             "final_loss_terms": result.last_terms,
         }

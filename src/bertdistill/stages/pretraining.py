@@ -9,7 +9,7 @@ from typing import Any
 from ..checkpoints import VOCAB_NAME, CheckpointError, check_same_vocab, load_model, vocab_file
 from ..settings import BackboneLossConfig, ShardSettings, TrainConfig
 from .assets import resolve_sources
-from .common import train_and_save
+from .common import check_positions, train_and_save
 from .registry import describe, stage
 
 
@@ -131,6 +131,7 @@ def general_distill(
             init_from_teacher(student_model, teacher_model, list(init_layers), source=teacher)
         projection = make_projection(scfg, tcfg, seed=train.seed)
     data = load_shards(shards, vocab_file=vocab)
+    check_positions(shards, data.input_ids.shape[1], (teacher, teacher_model))
     objective = BackboneObjective(student_model, tcfg, projection, losses)
     record = {
         "stage": phase,
@@ -141,5 +142,15 @@ def general_distill(
         "examples": len(data),
         "shards": [str(s) for s in shards],
     }
-    train_and_save(objective, data, train, output, snapshot_dir, record=record, vocab=vocab, teacher=teacher_model)
+    train_and_save(
+        objective,
+        data,
+        train,
+        output,
+        snapshot_dir,
+        record=record,
+        vocab=vocab,
+        teacher=teacher_model,
+        inputs={"teacher": teacher, "init": init, "shards": list(shards)},
+    )
     return output

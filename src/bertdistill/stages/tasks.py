@@ -16,7 +16,7 @@ import numpy as np
 from ..checkpoints import VOCAB_NAME, CheckpointError, check_same_vocab, load_model, save_model, vocab_file
 from ..settings import BackboneLossConfig, FeatureSettings, TrainConfig
 from ..tasks import build_task_features, get_task, read_h5, write_h5
-from .common import dev_evaluator, train_and_save
+from .common import check_positions, dev_evaluator, train_and_save
 from .registry import TaskName, describe, stage
 
 
@@ -96,6 +96,7 @@ def task_teacher_logits(
     arrays, attrs = read_h5(features)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
     model = load_model(teacher, head=t.head)
+    check_positions(features, arrays["input_ids"].shape[1], (teacher, model))
     # QA: full-length inputs, since the prediction loss's softmax runs over every position, padding
     # included. Classification reads [CLS] only, which padding does not change: trimmed batches.
     logits = predict_logits(model, arrays, batch_size, dev, trim=t.head != "qa")
@@ -175,11 +176,20 @@ def finetune_teacher(
     torch.manual_seed(train.seed)
     model = load_model(teacher, head=t.head, init_head=True, num_labels=t.num_labels)
     data = _task_dataset(features, keys=("labels", "start_positions", "end_positions"))
+    check_positions(features, data.tensors["input_ids"].shape[1], (teacher, model))
     vocab = teacher / VOCAB_NAME
     evaluate = dev_evaluator(t, dev_features, dev, vocab, eval_batch_size, n_best, max_answer_length)
     record = {"stage": f"finetune_{task}", "teacher": str(teacher), "examples": len(data)}
     result = train_and_save(
-        SupervisedObjective(model), data, train, output, snapshot_dir, record=record, vocab=vocab, evaluate=evaluate
+        SupervisedObjective(model),
+        data,
+        train,
+        output,
+        snapshot_dir,
+        record=record,
+        vocab=vocab,
+        evaluate=evaluate,
+        inputs={"teacher": teacher, "features": features, "dev_features": dev_features},
     )
     return result.selection
 
@@ -217,6 +227,7 @@ def task_backbone(
     student = load_model(init)
     student.pooler = None
     data = _task_dataset(features)
+    check_positions(features, data.tensors["input_ids"].shape[1], (teacher, tmodel), (init, student))
     objective = BackboneObjective(student, tmodel.config, load_projection(init), losses)
     record = {
         "stage": f"{task}_backbone",
@@ -227,7 +238,17 @@ def task_backbone(
         "examples": len(data),
     }
     vocab = teacher / VOCAB_NAME
-    train_and_save(objective, data, train, output, snapshot_dir, record=record, vocab=vocab, teacher=tmodel)
+    train_and_save(
+        objective,
+        data,
+        train,
+        output,
+        snapshot_dir,
+        record=record,
+        vocab=vocab,
+        teacher=tmodel,
+        inputs={"teacher": teacher, "init": init, "features": features},
+    )
     return output
 
 
@@ -278,6 +299,7 @@ def task_prediction(
     student = load_model(backbone, head=t.head, init_head=True, num_labels=t.num_labels)
     tmodel = None if teacher_logits is not None else load_model(teacher, head=t.head)
     data = _task_dataset(features, teacher_logits)
+    check_positions(features, data.tensors["input_ids"].shape[1], (backbone, student))
     vocab = teacher / VOCAB_NAME
     evaluate = dev_evaluator(t, dev_features, dev, vocab, eval_batch_size, n_best, max_answer_length)
     record = {
@@ -291,7 +313,22 @@ def task_prediction(
     }
     objective = PredictionObjective(student, temperature)
     train_and_save(
-        objective, data, train, output, snapshot_dir, record=record, vocab=vocab, teacher=tmodel, evaluate=evaluate
+        objective,
+        data,
+        train,
+        output,
+        snapshot_dir,
+        record=record,
+        vocab=vocab,
+        teacher=tmodel,
+        evaluate=evaluate,
+        inputs={
+            "teacher": teacher,
+            "backbone": backbone,
+            "features": features,
+            "dev_features": dev_features,
+            "teacher_logits": teacher_logits,
+        },
     )
     return output
 
