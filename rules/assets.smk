@@ -161,9 +161,10 @@ rule finetune_teacher:
         gpu=lambda wc: config["tasks"][wc.task]["finetune"]["gpus"],
         mem_mb=16000,
         runtime=240,
+        # an evaluation setting, not a param: changing it never reruns the job
+        eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
     params:
         train=lambda wc: config["tasks"][wc.task]["finetune"]["train"],
-        eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
         n_best=lambda wc: config["tasks"][wc.task]["n_best"],
         max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
         snapshot_dir="results/teachers/.{task}.snapshots",

@@ -19,8 +19,9 @@ rule export_onnx:
     resources:
         mem_mb=8000,
         runtime=config["export"]["runtime"],
-    params:
+        # an evaluation setting, not a param: changing it never reruns the job
         eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+    params:
         n_best=lambda wc: config["tasks"][wc.task]["n_best"],
         max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
         settings=export_settings(),

@@ -43,10 +43,11 @@ rule task_prediction:
         gpu=lambda wc: config["tasks"][wc.task]["prediction"]["gpus"],
         mem_mb=16000,
         runtime=lambda wc: config["tasks"][wc.task]["prediction"]["runtime"],
+        # an evaluation setting, not a param: changing it never reruns the job
+        eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
     params:
         train=lambda wc: config["tasks"][wc.task]["prediction"]["train"],
         temperature=lambda wc: config["tasks"][wc.task]["prediction"]["temperature"],
-        eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
         n_best=lambda wc: config["tasks"][wc.task]["n_best"],
         max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
         snapshot_dir="results/{task}/.prediction.snapshots",

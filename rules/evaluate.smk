@@ -22,8 +22,9 @@ rule task_final:
     resources:
         mem_mb=8000,
         runtime=60,
-    params:
+        # an evaluation setting, not a param: changing it never reruns the job
         eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+    params:
         n_best=lambda wc: config["tasks"][wc.task]["n_best"],
         max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
     script:

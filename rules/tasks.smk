@@ -68,7 +68,7 @@ rule teacher_logits:
         gpu=lambda wc: min(1, config["tasks"][wc.task]["prediction"]["gpus"]),
         mem_mb=16000,
         runtime=240,
-    params:
+        # an evaluation setting, not a param: changing it never reruns the job
         batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
     script:
         "../scripts/run_stage.py"

@@ -114,10 +114,11 @@ def test_every_rule_passes_only_what_the_cli_accepts(tmp_path):
             "input": dict(job.input.items()),
             "output": dict(job.output.items()),
             "params": dict(job.params.items()),
+            "resources": dict(job.resources.items()),
         }
         kwargs = rule_kwargs(entry, job.rule.name, named, dict(job.wildcards.items()))
         assert set(kwargs) == set(named["input"]) | set(named["output"]) | set(named["params"]) | (
-            set(job.wildcards.keys()) & set(entry.parameters)
+            (set(job.wildcards.keys()) | set(named["resources"])) & set(entry.parameters)
         )
         args = parser.parse_args(to_argv(entry.name, kwargs))
         assert stage_kwargs(entry, args, parser) == kwargs, job.rule.name

@@ -132,6 +132,10 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     config["benchmark"]["iterations"] = 3
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
     assert planned_jobs(smk(wd, "-n", "--cores", "2")) == {"inference_benchmark": 1, "all": 1}
+    # An evaluation batch size is not a param of any job: it never retrains the teacher (it did).
+    config["tasks"]["sst2"]["eval_batch_size"] = 7
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
+    assert planned_jobs(smk(wd, "-n", "--cores", "2")) == {"inference_benchmark": 1, "all": 1}
 
 
 @pytest.mark.slow

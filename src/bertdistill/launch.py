@@ -67,12 +67,18 @@ def rule_kwargs(
 
     Every named item must be a parameter of the stage (a rule cannot pass what its stage would
     ignore); wildcards fill parameters of the same name (``task``). Unnamed inputs are
-    dependencies only (files whose change should rerun the rule).
+    dependencies only (files whose change should rerun the rule). ``resources`` items named like
+    a parameter are passed too: settings that must not rerun a finished job when they change
+    (evaluation batch sizes), since Snakemake reruns jobs on changed params but not resources.
     """
     names = set(entry.parameters)
     kwargs: dict[str, Any] = {}
     for section, items in named.items():
         for key, value in items.items():
+            if section == "resources":
+                if key in names:
+                    kwargs[key] = value
+                continue
             if key not in names:
                 raise StageError(
                     f"rule {rule}: {section} '{key}' is not a parameter of stage {entry.name} "
@@ -96,6 +102,7 @@ def run_rule(smk: Any) -> Any:
             "input": dict(smk.input.items()),
             "output": dict(smk.output.items()),
             "params": dict(smk.params.items()),
+            "resources": dict(smk.resources.items()),
         }
         kwargs = rule_kwargs(entry, smk.rule, named, dict(smk.wildcards.items()))
         log.info("rule %s -> stage %s(%s)", smk.rule, entry.name, ", ".join(kwargs))
