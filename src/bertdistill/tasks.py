@@ -18,8 +18,10 @@ registry.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -31,6 +33,15 @@ import numpy as np
 
 from .data import glue, squad
 from .settings import AugmentSettings, FeatureSettings
+
+log = logging.getLogger(__name__)
+
+# Training questions SQuAD may drop (answer not at its answer_start) before feature building
+# fails. The SQuAD v1.1 training set loses a handful of 87,599 this way; losing more than half
+# means the wrong file, or offsets counted in bytes instead of characters (non-ASCII contexts).
+MAX_DROPPED_SHARE = 0.5
+# Dropped question ids quoted in the warning and the error.
+SHOWN_DROPPED_IDS = 5
 
 
 class TaskError(ValueError):
@@ -117,6 +128,11 @@ class GlueTask:
 
     def build_features(self, source, tokenizer, training, settings):
         data = self.read(source)
+        if not data.texts:  # the reader refuses every other kind of row, so only the header is there
+            raise TaskError(
+                f"{source}: 0 examples; the file has a header row but no examples: point the config at the "
+                f"{self.name} {'training' if training else 'dev'} file with its examples"
+            )
         arrays = glue.build_features(data.texts, data.labels, tokenizer, settings.max_seq_length)
         return arrays, {"examples": len(data.texts)}
 
@@ -168,7 +184,9 @@ class SquadTask:
 
     def build_features(self, source, tokenizer, training, settings):
         data = squad.load_squad_json(source)
-        examples, dropped = squad.read_squad_examples(data, training=training)
+        drops: list[tuple[str, str]] = []
+        examples, dropped = squad.read_squad_examples(data, training=training, drops=drops)
+        _check_examples(source, data, len(examples), drops, training)
         feats = squad.build_features(
             examples,
             tokenizer,
@@ -227,6 +245,44 @@ class SquadTask:
         write_json({"version": "1.1", "data": out}, output)
 
 
+def _check_examples(
+    source: str | Path, data: Sequence[Mapping[str, Any]], kept: int, drops: Sequence[tuple[str, str]], training: bool
+) -> None:
+    """Refuse SQuAD data that gives no examples, loses most of its training questions, or has a
+    dev question without answers (EM/F1 could not score it); warn about the few dropped."""
+    total = kept + len(drops)
+    if total == 0:
+        raise TaskError(
+            f"{source}: 0 examples; the file holds no questions ({len(data)} articles in 'data'): "
+            "point the config at a SQuAD v1.1 file with questions"
+        )
+    if not training:
+        for where, qa in squad.question_records(data):
+            if not qa["answers"]:
+                raise TaskError(
+                    f"{source}: {where}: no answers; every dev question needs at least one to be scored "
+                    "(SQuAD v2.0 unanswerable questions are not supported): use a SQuAD v1.1 dev file"
+                )
+        return
+    if not drops:
+        return
+    counts = collections.Counter(reason for _, reason in drops)
+    why = "; ".join(squad.DROP_REASONS[r] + (f" ({n})" if len(counts) > 1 else "") for r, n in counts.most_common())
+    ids = ", ".join(repr(i) for i, _ in drops[:SHOWN_DROPPED_IDS]) + (", ..." if len(drops) > SHOWN_DROPPED_IDS else "")
+    log.warning("%s: dropped %d of %d training questions (%s): %s", source, len(drops), total, why, ids)
+    if kept == 0:
+        raise TaskError(
+            f"{source}: 0 examples; all {total} questions were dropped: {why} (e.g. {ids}); "
+            "check that this is the training file and that answer_start counts characters, not bytes"
+        )
+    if len(drops) > MAX_DROPPED_SHARE * total:
+        raise TaskError(
+            f"{source}: {len(drops)} of {total} training questions were dropped ({why}; e.g. {ids}), more than "
+            f"{MAX_DROPPED_SHARE:.0%}: likely the wrong file, or answer_start counted in bytes instead of characters; "
+            "fix the offsets or point the config at the right file"
+        )
+
+
 # GLUE's layouts (header names as GLUE ships them); N rounds of augmentation per task are
 # TinyBERT's: SST-2 20, MRPC 30, RTE 30, QNLI 20, QQP 10 (set `augment.n` per task).
 _ENTAILMENT = ("entailment", "not_entailment")
@@ -264,6 +320,16 @@ def build_task_features(
     s = feature_settings(task, settings)
     tok = load_tokenizer(vocab, lowercase=s.lowercase)
     arrays, attrs = task.build_features(source, tok, training, s)
+    # A 0-row feature file would only fail when training starts ("0 examples are fewer than the
+    # 1 ranks"), far from its cause; the tasks say why they have no examples, this is the backstop.
+    n = attrs.get("examples", len(arrays["input_ids"]))
+    if not n:
+        raise TaskError(f"{source}: 0 examples; point the config at a {task.name} file with examples")
+    if not len(arrays["input_ids"]):
+        raise TaskError(
+            f"{source}: 0 features from {n} examples after windowing with {dataclasses.asdict(s)}; "
+            "check the feature settings (max_seq_length must leave room for the text)"
+        )
     attrs = {
         "task": task.name,
         "source": str(source),
@@ -317,6 +383,17 @@ def read_h5(
             missing = [k for k in required if k not in f]
             if missing:
                 raise TaskError(f"{path}: missing dataset(s) {', '.join(missing)}; rebuild it with rule task_features")
-            return {k: f[k][:] for k in f}, dict(f.attrs)
-    except OSError as e:
+            return {k: _read_dataset(f, k, path) for k in f}, dict(f.attrs)
+    except OSError as e:  # opening, or the file's metadata (a damaged dataset is a TaskError of its own)
         raise TaskError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def _read_dataset(f, name: str, path: Path) -> np.ndarray:
+    """A whole dataset; a chunk that fails to decompress (bytes damaged on disk) is a one-line error."""
+    try:
+        return f[name][:]
+    except OSError as e:
+        raise TaskError(
+            f"{path}: dataset {name!r} cannot be read ({' '.join(str(e).split())}); "
+            "the file is corrupt: delete it and rerun to rebuild it"
+        ) from None

@@ -79,13 +79,25 @@ def wiki_documents(path: str | Path, min_chars: int = 200) -> Iterator[str]:
 
 def iter_documents(sources: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     """Documents from every source ``{"path": ..., "format": "text" | "wiki"}``, in order.
-    A folder source contributes its ``*.txt`` files in name order."""
+    A folder source contributes its ``*.txt`` files in name order.
+
+    A source that yields no document is a :class:`CorpusError` naming it: with other sources
+    around it would otherwise vanish from the corpus unnoticed (a wrong path or format)."""
     for src in sources:
         path = Path(src["path"])
         fmt = src.get("format", "text")
+        min_chars = src.get("min_chars", 200)
         files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+        if not files:
+            raise CorpusError(f"{path}: no *.txt files in this corpus source folder; add them or fix the path")
+        n = 0
         for f in files:
-            yield from (wiki_documents(f, src.get("min_chars", 200)) if fmt == "wiki" else text_documents(f))
+            for doc in wiki_documents(f, min_chars) if fmt == "wiki" else text_documents(f):
+                n += 1
+                yield doc
+        if n == 0:
+            why = f"no main-namespace article of {min_chars}+ characters" if fmt == "wiki" else "empty or blank"
+            raise CorpusError(f"{path}: no documents in this corpus source ({why}); fix the path or drop the source")
 
 
 def train_punkt(text: str):

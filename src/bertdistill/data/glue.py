@@ -46,20 +46,36 @@ class GlueData:
 
 
 def read_glue_tsv(path: str | Path, fmt: GlueFormat) -> GlueData:
-    """Texts and label indices of a GLUE ``train.tsv``/``dev.tsv`` (header row required)."""
+    """Texts and label indices of a GLUE ``train.tsv``/``dev.tsv`` (header row required).
+
+    Blank lines are skipped and a UTF-8 byte order mark is ignored. A file without a header, a
+    row with more or fewer columns than it needs, or a label outside ``fmt.labels`` is a one-line
+    :class:`GlueError` naming the file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise GlueError(f"{path}: no such file (GLUE TSV)") from None
-    except UnicodeDecodeError:
-        raise GlueError(f"{path}: not UTF-8 text") from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: an editor's byte order mark would rename the first column
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise GlueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); convert it, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
     rows = list(csv.reader(text.splitlines(), delimiter="\t", quotechar=None))
     wanted = (*fmt.text_columns, fmt.label_column)
+    layout = "<TAB>".join(wanted)
     if not rows:
         raise GlueError(f"{path}: empty; expected a header row with {', '.join(wanted)} and examples")
     header = rows[0]
     missing = [c for c in wanted if c not in header]
+    if len(missing) == len(wanted) and any(cell.strip() in fmt.labels for cell in header):
+        # No column name at all but a label value: the first line is an example, not a header.
+        raise GlueError(
+            f"{path}:1: no header row (the first line {header!r:.60} looks like an example); "
+            f"the first line must be `{layout}`"
+        )
     if missing:
         raise GlueError(
             f"{path}: the header {header!r:.80} lacks {', '.join(missing)}; expected tab-separated columns "
@@ -71,6 +87,13 @@ def read_glue_tsv(path: str | Path, fmt: GlueFormat) -> GlueData:
     for n, row in enumerate(rows[1:], start=2):
         if not row:
             continue
+        if len(row) > len(header):
+            # GLUE rows have exactly the header's columns; an extra one is a tab inside a text,
+            # which would otherwise shift or cut the text silently.
+            raise GlueError(
+                f"{path}:{n}: {len(row)} tab-separated columns but the header has {len(header)}; "
+                "replace tabs inside texts with spaces"
+            )
         if len(row) <= max(where) or row[where[-1]].strip() not in label_index:
             raise GlueError(
                 f"{path}:{n}: expected {' <TAB> '.join(wanted)} with {fmt.label_column} in "

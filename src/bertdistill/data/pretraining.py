@@ -300,20 +300,44 @@ def read_hdf5_shard(path: str | Path, expected_vocab_sha256: str | None = None) 
             raise ShardError(
                 f"{path}: made with another vocab.txt than the teacher's; rebuild the shards with the teacher's vocab"
             )
-        ids = f["input_ids"][:]
-        mask = f["input_mask"][:]
-        seg = f["segment_ids"][:]
-        pos = f["masked_lm_positions"][:]
-        mids = f["masked_lm_ids"][:]
-        nsp = f["next_sentence_labels"][:]
+        ids, mask, seg, pos, mids, nsp = (
+            _read_dataset(f, k, path)
+            for k in (
+                "input_ids",
+                "input_mask",
+                "segment_ids",
+                "masked_lm_positions",
+                "masked_lm_ids",
+                "next_sentence_labels",
+            )
+        )
     if not (len(ids) == len(mask) == len(seg) == len(pos) == len(mids) == len(nsp)):
         raise ShardError(f"{path}: datasets have different lengths; rebuild the shard")
     labels = np.full(ids.shape, -1, dtype=np.int32)
     # A row's predictions end at its first 0 position (position 0 is [CLS], never masked).
     valid = np.cumprod(pos != 0, axis=1).astype(bool)
+    outside = valid & ((pos < 0) | (pos >= ids.shape[1]))
+    if outside.any():  # an IndexError below, or for negatives a silent wrap-around to the row's end
+        r, c = np.argwhere(outside)[0]
+        raise ShardError(
+            f"{path}: masked_lm_positions[{r}] holds {int(pos[r, c])}, outside rows of {ids.shape[1]} tokens; "
+            "the shard is inconsistent: rebuild it"
+        )
     rows = np.nonzero(valid)[0]
     labels[rows, pos[valid]] = mids[valid]
     return PretrainingData(ids.astype(np.int32), seg.astype(np.int8), mask.astype(np.int8), labels, nsp.astype(np.int8))
+
+
+def _read_dataset(f, name: str, path: Path) -> np.ndarray:
+    """A whole dataset; a gzip chunk that fails to decompress (bytes damaged on disk) raises a bare
+    OSError naming no file, made here into a one-line error."""
+    try:
+        return f[name][:]
+    except OSError as e:
+        raise ShardError(
+            f"{path}: dataset {name!r} cannot be read ({' '.join(str(e).split())}); "
+            "the file is corrupt: delete it and rerun to rebuild it"
+        ) from None
 
 
 def _deserialize_positions(value) -> np.ndarray:

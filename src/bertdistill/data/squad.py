@@ -14,7 +14,7 @@ import collections
 import json
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,10 +112,12 @@ def split_context(context: str) -> tuple[list[str], list[int]]:
 
 
 def load_squad_json(path: str | Path) -> list[dict[str, Any]]:
-    """The ``data`` list of a SQuAD v1.1 JSON file (checked to have the expected structure)."""
+    """The ``data`` list of a SQuAD v1.1 JSON file, checked to have the expected structure; a
+    wrong record is a one-line :class:`SquadError` naming it (``data[3].paragraphs[0].qas[5]``)."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        # -sig: a byte order mark (some editors write one) is not malformed JSON
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise SquadError(f"{path}: no such file (SQuAD JSON)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -123,26 +125,84 @@ def load_squad_json(path: str | Path) -> list[dict[str, Any]]:
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         raise SquadError(f"{path}: no 'data' list; not a SQuAD v1.1 file")
-    try:
-        for article in data:
-            for p in article["paragraphs"]:
-                assert isinstance(p["context"], str)
-                for qa in p["qas"]:
-                    assert isinstance(qa["id"], str) and isinstance(qa["question"], str)
-                    for a in qa["answers"]:
-                        assert isinstance(a["text"], str) and isinstance(a["answer_start"], int)
-    except (KeyError, TypeError, AssertionError):
-        raise SquadError(
-            f"{path}: entries lack paragraphs/context/qas/id/question/answers; not a SQuAD v1.1 file"
-        ) from None
+    _check_structure(path, data)
     return data
 
 
-def read_squad_examples(data: Sequence[Mapping[str, Any]], training: bool) -> tuple[list[SquadExample], int]:
+def _is_offset(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_structure(path: Path, data: list[Any]) -> None:
+    """Explicit checks (not ``assert``, which ``python -O`` removes) that name the first bad record."""
+
+    def fail(where: str, what: str) -> None:
+        raise SquadError(f"{path}: {where}: {what}; not a SQuAD v1.1 file")
+
+    for ai, article in enumerate(data):
+        where = f"data[{ai}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            fail(where, "'paragraphs' must be a list of {context, qas}")
+        for pi, p in enumerate(article["paragraphs"]):
+            where = f"data[{ai}].paragraphs[{pi}]"
+            if not isinstance(p, dict) or not isinstance(p.get("context"), str):
+                fail(where, "'context' must be a string")
+            if not isinstance(p.get("qas"), list):
+                fail(where, "'qas' must be a list of {id, question, answers}")
+            for qi, qa in enumerate(p["qas"]):
+                where = f"data[{ai}].paragraphs[{pi}].qas[{qi}]"
+                if not isinstance(qa, dict) or not isinstance(qa.get("id"), str):
+                    fail(where, "'id' must be a string")
+                where += f" (id {qa['id']!r:.40})"
+                if not isinstance(qa.get("question"), str):
+                    fail(where, "'question' must be a string")
+                answers = qa.get("answers")
+                if not isinstance(answers, list):
+                    fail(where, "'answers' must be a list of {text, answer_start}")
+                for i, ans in enumerate(answers):
+                    if not (
+                        isinstance(ans, dict)
+                        and isinstance(ans.get("text"), str)
+                        and _is_offset(ans.get("answer_start"))
+                    ):
+                        fail(where, f"answers[{i}] must be {{text: string, answer_start: integer}}, got {ans!r:.60}")
+
+
+def question_records(data: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(where, qa)`` for every question, ``where`` naming it as in error messages
+    (``data[3].paragraphs[0].qas[5] (id 'abc')``)."""
+    for ai, article in enumerate(data):
+        for pi, p in enumerate(article["paragraphs"]):
+            for qi, qa in enumerate(p["qas"]):
+                yield f"data[{ai}].paragraphs[{pi}].qas[{qi}] (id {qa['id']!r:.40})", qa
+
+
+# Why a training question is dropped (the keys read_squad_examples records), worded for messages
+# about many questions at once.
+DROP_REASONS = {
+    "no_answer": "they have no answer",
+    "empty_answer": "their answer text is empty",
+    "outside": "their answer_start is outside the context",
+    "misplaced": "their answer text is not at answer_start",
+}
+
+
+def read_squad_examples(
+    data: Sequence[Mapping[str, Any]], training: bool, drops: list[tuple[str, str]] | None = None
+) -> tuple[list[SquadExample], int]:
     """Examples of a SQuAD ``data`` list; training uses the first answer and drops questions
-    whose answer text is not found at its offset (returned as the second value)."""
+    whose answer text is not found at its offset (their count is the second value). ``drops``,
+    if given, receives ``(question id, reason)`` per dropped question, reason a key of
+    :data:`DROP_REASONS`."""
     examples: list[SquadExample] = []
     dropped = 0
+
+    def drop(qa: Mapping[str, Any], reason: str) -> None:
+        nonlocal dropped
+        dropped += 1
+        if drops is not None:
+            drops.append((qa["id"], reason))
+
     for article in data:
         for paragraph in article["paragraphs"]:
             words, char_to_word = split_context(paragraph["context"])
@@ -150,17 +210,20 @@ def read_squad_examples(data: Sequence[Mapping[str, Any]], training: bool) -> tu
                 ex = SquadExample(qa["id"], qa["question"], words, answers=[a["text"] for a in qa["answers"]])
                 if training:
                     if not qa["answers"]:
-                        dropped += 1
+                        drop(qa, "no_answer")
                         continue
                     ans = qa["answers"][0]
                     text, offset = ans["text"], ans["answer_start"]
-                    if not text or offset < 0 or offset + len(text) > len(char_to_word):
-                        dropped += 1
+                    if not text:
+                        drop(qa, "empty_answer")
+                        continue
+                    if offset < 0 or offset + len(text) > len(char_to_word):
+                        drop(qa, "outside")
                         continue
                     start, end = char_to_word[offset], char_to_word[offset + len(text) - 1]
                     actual = " ".join(words[start : end + 1])
                     if actual.find(" ".join(text.split())) == -1:
-                        dropped += 1
+                        drop(qa, "misplaced")
                         continue
                     ex.answer_text, ex.start_word, ex.end_word = text, start, end
                 examples.append(ex)
