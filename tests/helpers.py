@@ -320,6 +320,8 @@ def tiny_config(tmp_path: Path) -> dict:
             "phase1": {"seq": 64, "train": {**train, "max_steps": 6}},
             "phase2": {"seq": 128, "train": {**train, "max_steps": 3, "batch_size": 2}},
         },
+        # Within the tiny teacher's 128 positions (the schema's default lengths include 384).
+        "benchmark": {"batch_sizes": [1, 4], "seq_lengths": [32], "warmup": 1, "iterations": 2},
     }
 
 

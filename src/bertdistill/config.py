@@ -127,7 +127,9 @@ def teacher_bert_config(name: str, teacher: Mapping[str, Any]) -> dict[str, Any]
     candidates = [Path(cfg)] if isinstance(cfg, str) else []
     src = teacher.get("source", {})
     if src.get("path"):
-        candidates.append(Path(src["path"]).expanduser() / "config.json")
+        local = Path(src["path"]).expanduser()
+        # A folder holds its config.json; an NGC .pt file may have one beside it.
+        candidates.append(local / "config.json" if local.is_dir() else local.parent / "config.json")
     if src.get("package") and (root := _package_dir(src["package"])) is not None:
         candidates.append(root / src.get("subdir", "") / "config.json")
     candidates.append(Path("resources/teachers") / name / "config.json")
