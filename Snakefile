@@ -1,11 +1,19 @@
+import sys
+
 from snakemake.utils import min_version, validate
 
+from bertdistill.cluster import check_slurm, slurm_requested
 from bertdistill.config import check_config, coerce_cli_strings
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A --configfile (a recipe) replaces the embedded default instead of being merged into it: a
+# recipe is a whole config, and a merge leaves keys of the default (a teacher's `package` next to
+# the recipe's `path`) that make it invalid.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 # Nested --config values arrive as strings; convert where the schema expects numbers.
@@ -28,6 +36,12 @@ include: "rules/tasks.smk"
 include: "rules/distill.smk"
 include: "rules/evaluate.smk"
 include: "rules/deploy.smk"
+
+
+# On SLURM, before anything is submitted: no CHANGE_ME left in the profile, and no job asking for
+# more threads than a node of its partition has (it would stay PENDING forever).
+if slurm_requested(sys.argv):
+    check_slurm(*slurm_settings())
 
 
 rule all:

@@ -133,7 +133,7 @@ rule adapt_mlm:
     resources:
         gpu=lambda wc: config["adapt_mlm"]["gpus"],
         mem_mb=16000,
-        runtime=240,
+        runtime=attempt_runtime(240),
     params:
         train=lambda wc: config["adapt_mlm"]["train"],
         heldout_examples=lambda wc: config["adapt_mlm"]["heldout_examples"],
@@ -160,7 +160,7 @@ rule finetune_teacher:
     resources:
         gpu=lambda wc: config["tasks"][wc.task]["finetune"]["gpus"],
         mem_mb=16000,
-        runtime=240,
+        runtime=attempt_runtime(240),
         # an evaluation setting, not a param: changing it never reruns the job
         eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
     params:

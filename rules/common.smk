@@ -60,6 +60,35 @@ def all_targets():
     )
 
 
+def attempt_runtime(minutes):
+    """SLURM runtime of a training rule, times the attempt number: a job killed at its time limit
+    is retried (the profile's `retries`) with more time and resumes from its snapshot.
+    """
+
+    def runtime(wildcards, attempt):
+        base = minutes(wildcards) if callable(minutes) else minutes
+        return base * attempt
+
+    return runtime
+
+
+def plain_resources(resources):
+    """Snakemake resources (profile or command line) as {name: value}: the values as written
+    (Snakemake keeps even constants as expressions until a job evaluates them)."""
+    out = {}
+    for key, value in (resources or {}).items():
+        value = getattr(value, "raw", value)
+        out[key] = value.strip("'\"") if isinstance(value, str) else value
+    return out
+
+
+def slurm_settings():
+    """What bertdistill.cluster.check_slurm reads: default and per-rule resources, max threads."""
+    r = workflow.resource_settings
+    per_rule = {rule: plain_resources(res) for rule, res in r.overwrite_resources.items()}
+    return plain_resources(r.default_resources), per_rule, r.max_threads
+
+
 def export_settings():
     """The export block without its resource keys (bertdistill.settings.ExportSettings)."""
     return {k: v for k, v in config["export"].items() if k != "runtime"}

@@ -18,7 +18,9 @@ rule task_backbone:
     resources:
         gpu=lambda wc: config["tasks"][wc.task]["backbone"]["gpus"],
         mem_mb=16000,
-        runtime=lambda wc: config["tasks"][wc.task]["backbone"]["runtime"],
+        runtime=attempt_runtime(
+            lambda wc: config["tasks"][wc.task]["backbone"]["runtime"]
+        ),
     params:
         train=lambda wc: config["tasks"][wc.task]["backbone"]["train"],
         losses=lambda wc: config["tasks"][wc.task]["backbone"]["losses"],
@@ -42,7 +44,9 @@ rule task_prediction:
     resources:
         gpu=lambda wc: config["tasks"][wc.task]["prediction"]["gpus"],
         mem_mb=16000,
-        runtime=lambda wc: config["tasks"][wc.task]["prediction"]["runtime"],
+        runtime=attempt_runtime(
+            lambda wc: config["tasks"][wc.task]["prediction"]["runtime"]
+        ),
         # an evaluation setting, not a param: changing it never reruns the job
         eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
     params:

@@ -17,7 +17,7 @@ rule general_phase1:
     resources:
         gpu=config["general"]["phase1"]["gpus"],
         mem_mb=16000,
-        runtime=config["general"]["phase1"]["runtime"],
+        runtime=attempt_runtime(config["general"]["phase1"]["runtime"]),
     params:
         train=lambda wc: config["general"]["phase1"]["train"],
         losses=lambda wc: config["general"]["losses"],
@@ -45,7 +45,7 @@ rule general_phase2:
     resources:
         gpu=config["general"]["phase2"]["gpus"],
         mem_mb=16000,
-        runtime=config["general"]["phase2"]["runtime"],
+        runtime=attempt_runtime(config["general"]["phase2"]["runtime"]),
     params:
         train=lambda wc: config["general"]["phase2"]["train"],
         losses=lambda wc: config["general"]["losses"],

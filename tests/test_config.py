@@ -235,3 +235,36 @@ def test_unregistered_task_is_a_one_line_error():
     config["tasks"]["sst5"] = config["tasks"]["sst2"]
     with pytest.raises(TaskError, match="unknown task 'sst5'; known tasks: squad, sst2"):
         check_config(config)
+
+
+def _local_paths(node, key=None):
+    """Every local file a config names (asset `path`s and teacher `vocab`s)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _local_paths(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _local_paths(v, key)
+    elif isinstance(node, str) and key in ("path", "vocab"):
+        yield node
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "config/recipes").glob("*.yaml")))
+def test_recipe_dry_run_as_users_call_it(tmp_path, recipe):
+    """`snakemake --configfile config/recipes/X.yaml -n` plans the whole DAG. Before, the recipe was
+    merged over the default and failed validation (a teacher with both `path` and `package`)."""
+    import subprocess
+    import sys
+
+    from helpers import copy_workflow, planned_jobs
+
+    wd = copy_workflow(tmp_path)
+    for rel in _local_paths(yaml.safe_load((wd / "config/recipes" / recipe).read_text())):
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).touch()  # a dry run checks that inputs exist, not what they hold
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", f"config/recipes/{recipe}"]
+    run = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    jobs = planned_jobs(run)
+    assert jobs["general_phase1"] == jobs["general_phase2"] == 1 and jobs["task_final"] >= 1, jobs
+    assert jobs.get("sst2_data", 0) == 0 and jobs.get("squad_cloze", 0) == 0  # nothing of the embedded default

@@ -171,6 +171,40 @@ def test_changed_settings_do_not_resume_a_stale_snapshot(tmp_path):
     assert list(tmp_path.glob("r/snapshots.stale-*"))  # moved aside, not deleted
 
 
+def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(CHILD)]
+    return subprocess.run([*cmd, "--out", str(out), *args], env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("global_batch", [8, 7])
+def test_global_batch_size_does_not_depend_on_the_process_count(tmp_path, global_batch):
+    """train.global_batch_size: 1 process (accumulating 2 micro-batches of at most 4) and 2
+    processes (one each) take the same steps, with dynamic padding (the default) on; 7 examples
+    per step split 4 + 3 over the ranks and still give the exact mean over the step's examples."""
+    args = [
+        "--steps",
+        "6",
+        "--dropout",
+        "0",
+        "--optimizer",
+        "adamw",
+        "--batch",
+        "4",
+        "--global-batch",
+        str(global_batch),
+    ]
+    one = child(tmp_path / "one", *args)
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(tmp_path / "two", *args)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    rows_a, rows_b = read_csv(tmp_path / "one" / "train.csv"), read_csv(tmp_path / "two" / "train.csv")
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-4)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_with_double_batch(tmp_path):
     pytest.importorskip("torch.distributed")

@@ -22,6 +22,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--global-batch", type=int, default=None, help="train.global_batch_size")
     p.add_argument("--snapshot-every", type=int, default=3)
     p.add_argument("--block-at", type=int, default=0, help="at this step write <out>/blocked and hang")
     p.add_argument("--term-at", type=int, default=0, help="at this step send ourselves SIGTERM")
@@ -62,6 +63,7 @@ def main() -> None:
         max_steps=a.steps,
         batch_size=a.batch,
         grad_accum=a.accum,
+        global_batch_size=a.global_batch,
         lr=5e-3,
         optimizer=a.optimizer,
         snapshot_every=a.snapshot_every,

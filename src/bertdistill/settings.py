@@ -70,6 +70,9 @@ class TrainConfig:
         epochs: passes over the training data (may be fractional)
         batch_size: examples per process and micro-batch
         grad_accum: micro-batches per optimizer step
+        global_batch_size: examples per optimizer step over all processes (null = batch_size x
+            grad_accum x processes); when set, results do not depend on the GPU count: batch_size
+            caps each micro-batch and accumulation grows as needed
         lr: peak learning rate
         schedule: linear (warm-up, then linear decay to 0) or constant
         warmup: warm-up as a fraction of all steps
@@ -97,6 +100,7 @@ class TrainConfig:
     epochs: float | None = None
     batch_size: int = 32
     grad_accum: int = 1
+    global_batch_size: int | None = None
     lr: float = 1e-4
     schedule: Literal["linear", "constant"] = "linear"
     warmup: float = 0.1

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .settings import TrainConfig
+from .settings import SettingsError, TrainConfig
 
 log = logging.getLogger("bertdistill.train")
 
@@ -204,6 +204,22 @@ def steps_per_epoch(n: int, global_batch: int, world: int) -> int:
     """Full global batches, plus a last partial one when every rank gets at least one example."""
     full, rest = divmod(n, global_batch)
     return full + (1 if rest >= world else 0)
+
+
+def batch_plan(cfg: TrainConfig, world: int) -> tuple[int, int]:
+    """(examples per optimizer step over all ranks, micro-batches per rank and step).
+
+    Without ``global_batch_size``: ``batch_size × grad_accum × world`` and ``grad_accum``. With it:
+    that many examples whatever the number of processes, each rank's share cut into micro-batches
+    of at most ``batch_size`` (accumulation grows when they do not fit), so results do not depend
+    on the GPU count.
+    """
+    if cfg.global_batch_size is None:
+        return cfg.batch_size * cfg.grad_accum * world, cfg.grad_accum
+    if cfg.global_batch_size < world:
+        raise SettingsError(f"global_batch_size {cfg.global_batch_size} is smaller than the {world} processes")
+    per_rank = -(-cfg.global_batch_size // world)
+    return cfg.global_batch_size, max(cfg.grad_accum, -(-per_rank // cfg.batch_size))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -418,6 +434,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     global_batch: int
+    accum: int  # micro-batches per rank and step
     per_epoch: int
     total: int
     step: int = 0
@@ -567,7 +584,7 @@ class Trainer:
             teacher.train(cfg.teacher_dropout)
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        global_batch = cfg.batch_size * cfg.grad_accum * d.world
+        global_batch, accum = batch_plan(cfg, d.world)
         per_epoch = steps_per_epoch(len(dataset), global_batch, d.world)
         if per_epoch == 0:
             raise ValueError(f"{len(dataset)} examples are fewer than the {d.world} ranks")
@@ -588,6 +605,7 @@ class Trainer:
             scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
             amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision),
             global_batch=global_batch,
+            accum=accum,
             per_epoch=per_epoch,
             total=total,
         )
@@ -600,8 +618,10 @@ class Trainer:
         epoch, in_epoch = divmod(run.step, run.per_epoch)
         if epoch != run.perm_epoch:
             run.perm, run.perm_epoch = epoch_permutation(len(dataset), cfg.seed, epoch), epoch
-        parts = micro_batches(run.perm, in_epoch, run.global_batch, d.rank, d.world, cfg.grad_accum)
+        parts = micro_batches(run.perm, in_epoch, run.global_batch, d.rank, d.world, run.accum)
         n_local = sum(len(p) for p in parts)
+        # Examples of this step over all ranks (the epoch's last step may be short).
+        n_step = min(run.global_batch, len(dataset) - in_epoch * run.global_batch)
         lr = lr_at(cfg, run.step + 1, run.total)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -622,7 +642,9 @@ class Trainer:
                 sync = contextlib.nullcontext() if (not d.enabled or last) else run.model.no_sync()
                 with sync:
                     terms = run.model(batch, targets)
-                    weight = len(idx) / n_local  # exact mean over this rank's examples
+                    # DDP averages the ranks' gradients: weighting by world / n_step makes that the
+                    # exact mean over the step's examples, also when ranks hold unequal shares.
+                    weight = len(idx) * d.world / n_step
                     run.scaler.scale(terms["loss"] * weight).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
