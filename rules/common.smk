@@ -61,8 +61,8 @@ def all_targets():
 
 
 def attempt_runtime(minutes):
-    """SLURM runtime of a training rule, times the attempt number: a job killed at its time limit
-    is retried (the profile's `retries`) with more time and resumes from its snapshot.
+    """SLURM runtime (minutes) of a training job times its attempt number; a job killed at its
+    time limit is retried (the profile's `retries`) with more time and resumes from its snapshot.
     """
 
     def runtime(wildcards, attempt):
@@ -85,7 +85,7 @@ def plain_resources(resources):
 def slurm_settings():
     """What bertdistill.cluster.check_slurm reads: default and per-rule resources, max threads."""
     r = workflow.resource_settings
-    per_rule = {rule: plain_resources(res) for rule, res in r.overwrite_resources.items()}
+    per_rule = {name: plain_resources(res) for name, res in r.overwrite_resources.items()}
     return plain_resources(r.default_resources), per_rule, r.max_threads
 
 
