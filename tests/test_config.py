@@ -39,6 +39,7 @@ def test_recipe_reproduces_the_reference():
     for p in (p1, p2):
         t = p["train"]
         assert t["batch_size"] * p["gpus"] == 256 and t["lr"] == 1e-4 and t["schedule"] == "linear"
+        assert t["global_batch_size"] == 256  # the reference's global batch on any number of GPUs
         assert t["warmup"] == 0.1 and t["optimizer"] == "adam_nobc" and t["weight_decay"] == 0.01
 
 
