@@ -85,7 +85,9 @@ def plain_resources(resources):
 def slurm_settings():
     """What bertdistill.cluster.check_slurm reads: default and per-rule resources, max threads."""
     r = workflow.resource_settings
-    by_name = {name: plain_resources(res) for name, res in r.overwrite_resources.items()}
+    by_name = {
+        name: plain_resources(res) for name, res in r.overwrite_resources.items()
+    }
     return plain_resources(r.default_resources), by_name, r.max_threads
 
 
