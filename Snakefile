@@ -3,7 +3,7 @@ import sys
 from snakemake.utils import min_version, validate
 
 from bertdistill.cluster import check_slurm, slurm_requested
-from bertdistill.config import check_config, coerce_cli_strings
+from bertdistill.config import check_config, coerce_cli_strings, shard_count
 
 min_version("9.0")
 
@@ -23,7 +23,7 @@ check_config(config)
 
 
 scattergather:
-    shards=config["shards"]["num_shards"],
+    shards=shard_count(config),
     augment=config["augment"]["num_shards"],
 
 

@@ -22,6 +22,7 @@ rule general_phase1:
         train=lambda wc: config["general"]["phase1"]["train"],
         losses=lambda wc: config["general"]["losses"],
         student=lambda wc: config["student"],
+        reader=lambda wc: config["general"]["reader"],
         phase="phase1",
         snapshot_dir="results/general/.phase1.snapshots",
     script:
@@ -49,6 +50,7 @@ rule general_phase2:
     params:
         train=lambda wc: config["general"]["phase2"]["train"],
         losses=lambda wc: config["general"]["losses"],
+        reader=lambda wc: config["general"]["reader"],
         phase="phase2",
         snapshot_dir="results/general/.phase2.snapshots",
     script:

@@ -1,4 +1,5 @@
-"""Corpus -> sentences (Punkt trained on the corpus) -> HDF5 pre-training shards (scatter)."""
+"""Corpus -> text shards (Punkt trained on the corpus) -> HDF5 pre-training shards (scatter):
+shard job i reads text shard i only."""
 
 
 wildcard_constraints:
@@ -9,7 +10,7 @@ rule corpus:
     input:
         local_paths(config["corpus"]["sources"]),
     output:
-        output="results/corpus/sentences.txt",
+        output=scatter.shards("results/corpus/text_{scatteritem}.txt"),
         stats_output="results/corpus/stats.json",
     log:
         "logs/pretraining/corpus.log",
@@ -30,7 +31,7 @@ rule corpus:
 
 rule pretraining_shard:
     input:
-        sentences="results/corpus/sentences.txt",
+        sentences="results/corpus/text_{scatteritem}.txt",
         vocab=general_teacher_dir(),
     output:
         output="results/shards/seq{seq}/shard_{scatteritem}.hdf5",

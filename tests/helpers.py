@@ -5,7 +5,9 @@ Shared by the test modules (which never import each other); fixtures live in con
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import random
 import re
 import shutil
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from bertdistill.checkpoints import load_model, save_model
+from bertdistill.checkpoints import load_model, load_projection, save_model
 from bertdistill.data.glue import GlueFormat, write_glue_tsv, write_sst2_tsv
 from bertdistill.model import BertConfig, BertModel, build_model
 from bertdistill.objectives import make_projection
@@ -137,6 +139,41 @@ def write_corpus(folder: Path, copies: int = 2) -> Path:
     path = folder / "corpus.txt"
     path.write_text("\n\n".join(DOCUMENTS * copies) + "\n")
     return path
+
+
+def write_id_shards(
+    folder: Path, sizes: list[int], length: int = 16, vocab_size: int = 60, seed: int = 0
+) -> list[Path]:
+    """HDF5 pre-training shards (our writer, NVIDIA's schema) whose rows carry a unique id in
+    tokens 1 and 2 (``row_id``), so a test can tell which sequences a reader delivered."""
+    from bertdistill.data.pretraining import Instance, write_hdf5
+    from bertdistill.settings import ShardSettings
+
+    rng = random.Random(seed)
+    base = vocab_size - 5
+    paths, next_id = [], 0
+    for f, n in enumerate(sizes):
+        instances = []
+        for _ in range(n):
+            m = rng.randint(8, length)
+            body = [rng.randint(5, vocab_size - 1) for _ in range(m - 5)]
+            tokens = [2, 5 + next_id // base, 5 + next_id % base, *body[: m // 2 - 3], 3, *body[m // 2 - 3 :], 3]
+            sep = tokens.index(3)
+            pos = sorted(rng.sample(range(3, sep), min(2, sep - 3)))
+            instances.append(
+                Instance(
+                    tokens, [0] * (sep + 1) + [1] * (m - sep - 1), rng.random() < 0.5, pos, [tokens[i] for i in pos]
+                )
+            )
+            next_id += 1
+        paths.append(folder / f"shard_{f}.hdf5")
+        write_hdf5(instances, paths[-1], ShardSettings(max_seq_length=length, max_predictions=2))
+    return paths
+
+
+def row_id(input_ids) -> int:
+    """The id :func:`write_id_shards` wrote into a row."""
+    return (int(input_ids[1]) - 5) * 55 + int(input_ids[2]) - 5
 
 
 def write_corpus_vocab(path: Path) -> Path:
@@ -356,3 +393,35 @@ def tiny_data(n: int = 24, length: int = 12):
     ids = torch.randint(5, 40, (n, length), generator=g)
     mask = (torch.arange(length)[None] < torch.randint(3, length + 1, (n, 1), generator=g)).long()
     return TensorDataset({"input_ids": ids * mask, "attention_mask": mask})
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer child process (tests/train_child.py) of the resume and DDP tests
+
+CHILD = Path(__file__).with_name("train_child.py")
+# The tests folder first, then whatever PYTHONPATH already holds (a source checkout without install).
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p),
+}
+
+
+def child(out: Path, *args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    """Run train_child.py writing to ``out`` (waiting for it, or not)."""
+    cmd = [sys.executable, str(CHILD), "--out", str(out), *args]
+    if wait:
+        return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    """The child's saved student and projection weights."""
+    model = load_model(out / "model")
+    proj = load_projection(out / "model")
+    return {**model.state_dict(), "proj.weight": proj.weight, "proj.bias": proj.bias}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -122,7 +122,12 @@ SCHEMA_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
     [
         ("TrainConfig", "$defs/train", ()),
         ("BackboneLossConfig", "$defs/losses", ()),
-        ("ShardSettings", "properties/shards", ("max_seq_length", "max_predictions", "num_shards", "seed")),
+        ("ReaderSettings", "properties/general/properties/reader", ()),
+        (
+            "ShardSettings",
+            "properties/shards",
+            ("max_seq_length", "max_predictions", "num_shards", "bytes_per_shard", "seed"),
+        ),
         ("AugmentSettings", "properties/augment", ("n", "mlm", "num_shards", "gpus", "threads", "runtime")),
         (
             "AugmentSettings",
@@ -269,3 +274,37 @@ def test_recipe_dry_run_as_users_call_it(tmp_path, recipe):
     jobs = planned_jobs(run)
     assert jobs["general_phase1"] == jobs["general_phase2"] == 1 and jobs["task_final"] >= 1, jobs
     assert jobs.get("sst2_data", 0) == 0 and jobs.get("squad_cloze", 0) == 0  # nothing of the embedded default
+
+
+def test_shard_count_follows_corpus_size(tmp_path):
+    from bertdistill.config import ConfigError, shard_count
+
+    (tmp_path / "a.txt").write_text("x" * 250)
+    folder = tmp_path / "more"
+    folder.mkdir()
+    (folder / "b.txt").write_text("y" * 100)
+    (folder / "notes.md").write_text("z" * 1000)  # a folder source contributes its *.txt files only
+    sources = [{"path": str(tmp_path / "a.txt")}, {"path": str(folder)}]
+    config = {"corpus": {"sources": sources}, "shards": {"num_shards": "auto", "bytes_per_shard": 100}}
+    assert shard_count(config) == 4  # 350 bytes / 100, rounded up
+    config["shards"]["bytes_per_shard"] = 350
+    assert shard_count(config) == 1
+    config["shards"]["num_shards"] = 7
+    assert shard_count(config) == 7
+    url = {"url": "https://example.org/dump.xml.bz2", "sha256": "0" * 64}
+    auto = {"corpus": {"sources": [url]}, "shards": {"num_shards": "auto", "bytes_per_shard": 100}}
+    with pytest.raises(ConfigError, match="https://example.org/dump.xml.bz2 is not; download it first or set"):
+        shard_count(auto)
+
+
+@pytest.mark.slow
+def test_auto_shard_count_plans_that_many_shard_jobs(tmp_path):
+    from helpers import copy_workflow, planned_jobs, smk, tiny_config
+
+    wd = copy_workflow(tmp_path)
+    config = tiny_config(tmp_path)
+    corpus_bytes = Path(config["corpus"]["sources"][0]["path"]).stat().st_size
+    config["shards"].update(num_shards="auto", bytes_per_shard=-(-corpus_bytes // 3))
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(smk(wd, "-n", "--cores", "1", "results/general/phase2"))
+    assert jobs["corpus"] == 1 and jobs["pretraining_shard"] == 2 * 3  # 3 shards per sequence length

@@ -56,6 +56,27 @@ def test_corpus_file_format(corpus, tmp_path):
     assert stats["sentences"] == sum(len(d) for d in docs) and all(len(d) >= 4 for d in docs)
 
 
+def test_text_shards_deal_documents_round_robin(corpus, tmp_path):
+    """N text shards hold documents k, k+N, ... of the one-file corpus, in order: shard job i
+    reads text shard i only and builds what it built from the whole file before."""
+    one = tmp_path / "one.txt"
+    prepare_corpus([{"path": str(corpus)}], one)
+    shards = [tmp_path / f"text_{i}.txt" for i in range(3)]
+    stats = prepare_corpus([{"path": str(corpus)}], shards, tmp_path / "stats.json")
+    docs = read_sentence_documents(one)
+    assert stats["documents"] == len(docs) and stats["text_shards"] == 3
+    for i, path in enumerate(shards):
+        assert read_sentence_documents(path) == docs[i::3]
+
+
+def test_fewer_documents_than_shards_is_an_error(corpus, tmp_path):
+    shards = [tmp_path / f"text_{i}.txt" for i in range(13)]  # the corpus has 12 documents
+    with pytest.raises(CorpusError) as e:
+        prepare_corpus([{"path": str(corpus)}], shards)
+    assert "12 documents are fewer than the 13 shards" in str(e.value) and "num_shards" in str(e.value)
+    assert not list(tmp_path.glob("*text_*"))  # no shard, no leftover temporary file
+
+
 def test_wikipedia_dump_through_gensim():
     import gensim
 
@@ -136,11 +157,12 @@ def test_shard_instances_follow_the_recipe(tmp_path, corpus, vocab):
 
 @pytest.mark.slow
 def test_shards_do_not_depend_on_the_number_of_jobs(tmp_path, corpus, vocab):
-    sentences = _sentences(tmp_path, corpus)
+    texts = [tmp_path / f"text_{i}.txt" for i in range(3)]
+    prepare_corpus([{"path": str(corpus)}], texts)
     settings = '{"max_seq_length": 64, "dupe_factor": 2}'
     for i in range(3):  # one process, one shard after the other
         make_shard(
-            sentences,
+            texts[i],
             vocab,
             tmp_path / "seq" / f"shard_{i}.hdf5",
             i,
@@ -156,7 +178,7 @@ def test_shards_do_not_depend_on_the_number_of_jobs(tmp_path, corpus, vocab):
                 "bertdistill",
                 "shards",
                 "--sentences",
-                str(sentences),
+                str(texts[i]),
                 "--vocab",
                 str(vocab),
                 "--output",

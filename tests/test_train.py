@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertdistill.checkpoints import load_model, load_projection
 from bertdistill.train import (
     AdamNoBiasCorrection,
     TensorDataset,
@@ -26,33 +23,7 @@ from bertdistill.train import (
     steps_per_epoch,
     trim_padding,
 )
-from helpers import tiny_data, tiny_objective
-
-CHILD = Path(__file__).with_name("train_child.py")
-# The tests folder first, then whatever PYTHONPATH already holds (a source checkout without install).
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p),
-}
-
-
-def child(out: Path, *args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
-    cmd = [sys.executable, str(CHILD), "--out", str(out), *args]
-    if wait:
-        return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    model = load_model(out / "model")
-    proj = load_projection(out / "model")
-    return {**model.state_dict(), "proj.weight": proj.weight, "proj.bias": proj.bias}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from helpers import CHILD, ENV, child, read_csv, tiny_data, tiny_objective, weights
 
 
 def test_linear_schedule_matches_reference_formula():

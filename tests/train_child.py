@@ -11,9 +11,38 @@ from pathlib import Path
 import torch
 
 from bertdistill.checkpoints import save_model
+from bertdistill.data.stream import ShardStream
 from bertdistill.model import BertConfig, BertModel
 from bertdistill.objectives import BackboneLossConfig, BackboneObjective, make_projection
 from bertdistill.train import TensorDataset, TrainConfig, Trainer
+
+
+class Recording:
+    """A ShardStream that appends the row ids of every batch it hands out to
+    ``<out>/seen_rank<r>.txt`` (one line per step), and its files to ``files_rank<r>.txt``."""
+
+    def __init__(self, stream: ShardStream, out: Path) -> None:
+        self.stream, self.out = stream, out
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def describe(self):
+        return self.stream.describe()
+
+    def position(self, consumed, rank, world):
+        return self.stream.position(consumed, rank, world)
+
+    def steps(self, start_step, global_batch, accum, rank, world, pin_memory=False):
+        from helpers import row_id
+
+        files = [str(f.path) for f in self.stream.rank_files(rank, world)]
+        (self.out / f"files_rank{rank}.txt").write_text("\n".join(files) + "\n")
+        for parts in self.stream.steps(start_step, global_batch, accum, rank, world, pin_memory):
+            ids = [row_id(row) for b in parts for row in b["input_ids"]]
+            with open(self.out / f"seen_rank{rank}.txt", "a") as f:
+                f.write(" ".join(map(str, ids)) + "\n")
+            yield parts
 
 
 def main() -> None:
@@ -30,11 +59,15 @@ def main() -> None:
     p.add_argument("--no-dynamic-padding", action="store_true")
     p.add_argument("--optimizer", default="adam_nobc")
     p.add_argument("--masking", default="faithful")
+    p.add_argument("--stream", default=None, help="read HDF5 shards of this folder as a ShardStream")
+    p.add_argument("--buffer", type=int, default=10, help="the stream's shuffle window")
+    p.add_argument("--workers", type=int, default=1, help="the stream's background readers")
     # CPU by default: bit-identical resume and the gloo DDP comparison are CPU properties.
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(0)
     common = dict(
@@ -55,6 +88,8 @@ def main() -> None:
     lengths = torch.randint(4, length + 1, (n,), generator=g)
     mask = (torch.arange(length)[None] < lengths[:, None]).long()
     data = TensorDataset({"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})
+    if a.stream:
+        data = Recording(ShardStream([a.stream], None, seed=3, shuffle_buffer=a.buffer, workers=a.workers), out)
 
     objective = BackboneObjective(
         student, teacher.config, projection, BackboneLossConfig(layer_map="uniform", masking=a.masking, embedding="mse")

@@ -110,6 +110,40 @@ def check_config(config: dict[str, Any]) -> None:
     check_models(config, {name: teacher_bert_config(name, t) for name, t in teachers.items()})
 
 
+def source_bytes(source: Mapping[str, Any]) -> int | None:
+    """Bytes on disk of a corpus source (a folder: its ``*.txt`` files), or None where it is not
+    on disk yet (a URL not downloaded, a package not installed)."""
+    if source.get("path"):
+        path = Path(source["path"]).expanduser()
+    elif source.get("package"):
+        folder = _package_dir(source["package"])
+        path = folder / source.get("subdir", "") if folder else None
+    else:
+        name = Path(source["url"].split("?")[0]).name or "download"
+        path = Path("resources/downloads/corpus") / name
+    if path is None or not path.exists():
+        return None
+    return sum(f.stat().st_size for f in sorted(path.glob("*.txt"))) if path.is_dir() else path.stat().st_size
+
+
+def shard_count(config: Mapping[str, Any]) -> int:
+    """Pre-training shards per sequence length (and text shards of the corpus): ``shards.num_shards``,
+    or with ``auto`` the corpus sources' bytes on disk divided by ``shards.bytes_per_shard``,
+    rounded up."""
+    shards = config["shards"]
+    if shards["num_shards"] != "auto":
+        return int(shards["num_shards"])
+    sizes = [source_bytes(src) for src in config["corpus"]["sources"]]
+    missing = [src for src, n in zip(config["corpus"]["sources"], sizes, strict=True) if n is None]
+    if missing:
+        where = missing[0].get("path") or missing[0].get("url") or missing[0].get("package")
+        raise ConfigError(
+            f"shards.num_shards: auto needs every corpus source on disk to size it, and {where} is not; "
+            "download it first or set shards.num_shards to a number"
+        )
+    return max(1, -(-sum(sizes) // shards["bytes_per_shard"]))
+
+
 def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)  # found without importing the package
     if spec is None or not spec.submodule_search_locations:

@@ -189,6 +189,25 @@ class ShardSettings:
 
 
 @dataclass
+class ReaderSettings:
+    """How general distillation reads its shards: a stream per rank (bertdistill.data.stream).
+
+    Attributes:
+        shuffle_buffer: sequences per shuffle window; memory is about two windows per rank (~1 KB per sequence of 128)
+        workers: background reader processes that prefetch batches (0 = read in the training process; at most 1)
+    """
+
+    shuffle_buffer: int = 100_000
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shuffle_buffer < 1:
+            raise SettingsError(f"reader.shuffle_buffer {self.shuffle_buffer}: must be at least 1")
+        if self.workers not in (0, 1):
+            raise SettingsError(f"reader.workers {self.workers}: 0 (in process) or 1 (one background reader)")
+
+
+@dataclass
 class AugmentSettings:
     """TinyBERT augmentation (docs/reference.md#augmentation).
 

@@ -7,10 +7,11 @@ teacher, if any, runs under ``torch.inference_mode`` and only produces ``targets
 Resumability: every ``snapshot_every`` steps, and when SIGTERM arrives (SLURM time limits,
 preemption), the trainer writes model, projection, optimizer, schedule, scaler, every rank's RNG
 states and the data position to ``snapshot_dir``. Running the same command again resumes from it,
-bit for bit on CPU in fp32. The data order is a pure function of (seed, epoch), so the data
-position is just the step count. A snapshot is resumed only when its settings and the content of
-every input (``inputs``: sha256 of the files) are those of the new run, and it is read with
-``torch.load(weights_only=True)``: a snapshot file is data, never code.
+bit for bit on CPU in fp32. The data order is a pure function of (seed, epoch), or for a
+:class:`BatchStream` (pre-training shards read as a stream) of (seed, rank, world), so the data
+position follows from the step count; streams also record it in the snapshot. A snapshot is
+resumed only when its settings and the content of every input (``inputs``: sha256 of the files)
+are those of the new run, and it is read with ``torch.load(weights_only=True)``: a snapshot file is data, never code.
 
 Divergence: a non-finite loss or gradient stops training before the update is applied, with an
 error naming the stage, the step and the last good snapshot; in fp16 the gradient scaler skips
@@ -161,6 +162,26 @@ class BatchDataset(Protocol):
     def __len__(self) -> int: ...
 
     def batch(self, indices: torch.Tensor) -> Batch: ...
+
+
+class BatchStream(Protocol):
+    """What the trainer reads from a stream: a length (sequences per epoch, all ranks) and, per
+    optimizer step from ``start_step`` on, this rank's micro-batches. The stream is a pure
+    function of its settings, rank and world, so resuming at a step resumes the data exactly."""
+
+    def __len__(self) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def position(self, consumed: int, rank: int, world: int) -> dict[str, Any]: ...
+
+    def steps(
+        self, start_step: int, global_batch: int, accum: int, rank: int, world: int, pin_memory: bool = False
+    ) -> Iterator[list[Batch]]: ...
+
+
+def is_stream(dataset: Any) -> bool:
+    return hasattr(dataset, "steps")
 
 
 class TensorDataset:
@@ -442,6 +463,8 @@ class _Run:
     best: Best = field(default_factory=Best)
     perm_epoch: int = -1
     perm: torch.Tensor | None = None
+    stream: Iterator[list[Batch]] | None = None  # a BatchStream's steps, from the resumed step on
+    data_position: Callable[[int], dict[str, Any]] | None = None  # a stream's position after a step
     last_terms: dict[str, float] = field(default_factory=dict)
     skipped: int = 0  # fp16 overflow steps the scaler skipped, in all
     skipped_in_row: int = 0
@@ -565,7 +588,7 @@ class Trainer:
             if evaluate is not None and not every:
                 self._evaluate(objective, evaluate, run)
         finally:  # an error message is the last line, not a half-drawn progress bar
-            for closable in (logger, bar):
+            for closable in (logger, bar, run.stream):
                 if closable is not None:
                     closable.close()
         selection = self._select(run, objective)
@@ -609,26 +632,37 @@ class Trainer:
             per_epoch=per_epoch,
             total=total,
         )
+        if is_stream(dataset):
+            share = len(torch.tensor_split(torch.arange(global_batch), d.world)[d.rank])
+            run.data_position = lambda step: dataset.position(step * share, d.rank, d.world)
         self._resume(run, objective)
+        if is_stream(dataset):
+            run.stream = dataset.steps(run.step, global_batch, accum, d.rank, d.world, device.type == "cuda")
         return run
 
     def _step(self, run: _Run, objective: nn.Module, dataset: BatchDataset, teacher: nn.Module | None) -> float:
         """One optimizer step over this rank's micro-batches; returns its learning rate."""
         cfg, d = self.cfg, self.dist
-        epoch, in_epoch = divmod(run.step, run.per_epoch)
-        if epoch != run.perm_epoch:
-            run.perm, run.perm_epoch = epoch_permutation(len(dataset), cfg.seed, epoch), epoch
-        parts = micro_batches(run.perm, in_epoch, run.global_batch, d.rank, d.world, run.accum)
-        n_local = sum(len(p) for p in parts)
-        # Examples of this step over all ranks (the epoch's last step may be short).
-        n_step = min(run.global_batch, len(dataset) - in_epoch * run.global_batch)
+        if run.stream is not None:  # ready-made batches; a stream never runs short
+            parts: list[Any] = next(run.stream)
+            n_step = run.global_batch
+        else:
+            epoch, in_epoch = divmod(run.step, run.per_epoch)
+            if epoch != run.perm_epoch:
+                run.perm, run.perm_epoch = epoch_permutation(len(dataset), cfg.seed, epoch), epoch
+            parts = micro_batches(run.perm, in_epoch, run.global_batch, d.rank, d.world, run.accum)
+            # Examples of this step over all ranks (the epoch's last step may be short).
+            n_step = min(run.global_batch, len(dataset) - in_epoch * run.global_batch)
+        n_local = 0
         lr = lr_at(cfg, run.step + 1, run.total)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         # forward, backward
         sums: dict[str, float] = {}
         for i, idx in enumerate(parts):
-            batch = dataset.batch(idx)
+            batch = idx if run.stream is not None else dataset.batch(idx)
+            rows = len(next(iter(batch.values())))
+            n_local += rows
             if cfg.dynamic_padding:
                 batch = trim_padding(batch)
             batch = _to(batch, self.device)
@@ -644,10 +678,10 @@ class Trainer:
                     terms = run.model(batch, targets)
                     # DDP averages the ranks' gradients: weighting by world / n_step makes that the
                     # exact mean over the step's examples, also when ranks hold unequal shares.
-                    weight = len(idx) * d.world / n_step
+                    weight = rows * d.world / n_step
                     run.scaler.scale(terms["loss"] * weight).backward()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * rows
         # Loss terms averaged over every example of the global batch (all ranks), known to every
         # rank before the update, so all ranks take the same decision on a non-finite value.
         keys = sorted(sums)
@@ -769,7 +803,9 @@ class Trainer:
     def _write_snapshot(self, run: _Run, objective: nn.Module) -> None:
         d, step, best = self.dist, run.step, run.best
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save(rng_state_plain(), self.snapshot_dir / f"rng_rank{d.rank}_step{step}.pt")
+        # Each rank's RNG states and, for a stream, where its data stands (epoch, file, row).
+        rank_state = {**rng_state_plain(), **({"data_position": run.data_position(step)} if run.data_position else {})}
+        atomic_save(rank_state, self.snapshot_dir / f"rng_rank{d.rank}_step{step}.pt")
         _barrier(d)
         if d.main:
             state = {
@@ -860,7 +896,8 @@ class Trainer:
         if run.best.step is not None and self.cfg.keep == "best":
             run.best.weights = load_snapshot_file(self.snapshot_dir / f"best_step{run.best.step}.pt")
         set_rng_state_plain(snap["rng"])
-        log.info("resumed from %s at step %d", self._snapshot_path(), run.step)
+        where = snap["rng"].get("data_position")
+        log.info("resumed from %s at step %d%s", self._snapshot_path(), run.step, f" (data: {where})" if where else "")
 
     def clear_snapshots(self) -> None:
         """Remove the snapshot folder once the stage's output is safely written."""

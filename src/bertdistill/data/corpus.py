@@ -1,19 +1,25 @@
-"""Corpus preparation: text files or a Wikipedia XML dump -> one sentence per line, documents
-separated by a blank line (the input format of Google's ``create_pretraining_data``).
+"""Corpus preparation: text files or a Wikipedia XML dump -> text shards of one sentence per
+line, documents separated by a blank line (the input format of Google's ``create_pretraining_data``).
+
+Streaming: documents are read and written one at a time, so memory does not grow with the corpus
+(a Wikipedia dump is ~20 GB of text). Document ``k`` goes to text shard ``k mod N`` (round robin),
+so pre-training shard job ``i`` reads text shard ``i`` only.
 
 Sentences are split with nltk's Punkt. Its English model cannot be downloaded here, so an
-unsupervised ``PunktSentenceTokenizer`` is trained on (a prefix of) the corpus itself; nltk data
-is never fetched.
+unsupervised ``PunktSentenceTokenizer`` is trained on a bounded prefix of the corpus itself
+(``punkt_train_chars``); nltk data is never fetched.
 """
 
 from __future__ import annotations
 
 import bz2
+import contextlib
+import itertools
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +31,38 @@ class CorpusError(ValueError):
     """Unusable corpus input; the message names the file and the fix."""
 
 
-def read_text_file(path: str | Path) -> str:
-    """The file's text; a non-UTF-8 file is a one-line error with the byte offset."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"{path}: no such file (corpus source)")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"{path}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-            "convert it first, e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
+def _text_lines(path: Path) -> Iterator[str]:
+    """Lines of a UTF-8 file, read one at a time; a non-UTF-8 byte is a one-line error with its
+    offset in the file."""
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(
+                    f"{path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start}); "
+                    "convert it first, e.g. `iconv -f latin1 -t utf-8`"
+                ) from None
+            offset += len(raw)
 
 
 def text_documents(path: str | Path) -> Iterator[str]:
     """Documents of a plain-text file: blocks separated by blank lines (a file without blank
-    lines is one document). Line breaks inside a block are treated as wrapping, not as
-    sentence ends; Punkt finds the sentences."""
-    text = read_text_file(path)
-    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
-        if block.strip():
-            yield " ".join(block.split())
+    lines is one document), read line by line. Line breaks inside a block are treated as
+    wrapping, not as sentence ends; Punkt finds the sentences."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file (corpus source)")
+    block: list[str] = []
+    for line in _text_lines(path):
+        if line.strip():
+            block.extend(line.split())
+        elif block:
+            yield " ".join(block)
+            block = []
+    if block:
+        yield " ".join(block)
 
 
 def wiki_documents(path: str | Path, min_chars: int = 200) -> Iterator[str]:
@@ -111,34 +126,42 @@ def train_punkt(text: str):
 
 def prepare_corpus(
     sources: Iterable[Mapping[str, Any]],
-    output: str | Path,
+    output: str | Path | Sequence[str | Path],
     stats_output: str | Path | None = None,
     punkt_train_chars: int = 5_000_000,
     min_sentence_chars: int = 2,
 ) -> dict[str, int]:
-    """Write one sentence per line with blank lines between documents; return counts.
+    """Write the corpus as text shards (one file, or a list of files: document ``k`` goes to
+    ``output[k mod N]``), one sentence per line with blank lines between documents; return counts.
 
-    The file appears only when complete. An empty corpus is an error naming the sources.
+    Documents are streamed: only Punkt's training prefix (``punkt_train_chars``) is held in
+    memory. The files appear only when all are complete. An empty corpus, or fewer documents
+    than shards, is an error naming the sources.
     """
     sources = list(sources)
-    docs = [d for d in iter_documents(sources) if d.strip()]
-    if not docs:
-        names = ", ".join(str(s["path"]) for s in sources) or "(no sources configured)"
-        raise CorpusError(f"{names}: the corpus has no text; point config corpus.sources at non-empty files")
-    sample, size = [], 0
+    outputs = [Path(output)] if isinstance(output, (str, Path)) else [Path(o) for o in output]
+    names = ", ".join(str(s["path"]) for s in sources) or "(no sources configured)"
+    docs = (d for d in iter_documents(sources) if d.strip())
+    prefix, size = [], 0
     for d in docs:
+        prefix.append(d)
+        size += len(d)
         if size >= punkt_train_chars:
             break
-        sample.append(d)
-        size += len(d)
-    splitter = train_punkt("\n\n".join(sample))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    if not prefix:
+        raise CorpusError(f"{names}: the corpus has no text; point config corpus.sources at non-empty files")
+    splitter = train_punkt("\n\n".join(prefix))
     n_sent = n_words = n_docs = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    tmps: list[str] = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for doc in docs:
+        with contextlib.ExitStack() as stack:
+            files = []
+            for out in outputs:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+                tmps.append(tmp)
+                files.append(stack.enter_context(os.fdopen(fd, "w", encoding="utf-8")))
+            for doc in itertools.chain(prefix, docs):
                 sentences = [
                     " ".join(s.split())
                     for para in doc.split("\n")
@@ -147,24 +170,34 @@ def prepare_corpus(
                 ]
                 if not sentences:
                     continue
-                out.write("\n".join(sentences) + "\n\n")
+                files[n_docs % len(files)].write("\n".join(sentences) + "\n\n")
                 n_docs += 1
                 n_sent += len(sentences)
                 n_words += sum(len(s.split()) for s in sentences)
-        os.replace(tmp, output)
+        if n_docs < len(outputs):
+            raise CorpusError(
+                f"{names}: {n_docs} documents are fewer than the {len(outputs)} shards; "
+                "lower shards.num_shards or add text"
+            )
+        for tmp, out in zip(tmps, outputs, strict=True):
+            os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp in tmps:
+            Path(tmp).unlink(missing_ok=True)
         raise
-    stats = {"documents": n_docs, "sentences": n_sent, "words": n_words}
+    stats = {"documents": n_docs, "sentences": n_sent, "words": n_words, "text_shards": len(outputs)}
     if stats_output is not None:
         Path(stats_output).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
 
 def read_sentence_documents(path: str | Path) -> list[list[str]]:
-    """Documents of a sentences file (one sentence per line, blank line between documents)."""
+    """Documents of a text shard (one sentence per line, blank line between documents)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file (text shard of the corpus stage)")
     docs, current = [], []
-    for line in read_text_file(path).split("\n"):
+    for line in _text_lines(path):
         line = line.strip()
         if line:
             current.append(line)

@@ -147,24 +147,33 @@ def make_shard(
     seed: int,
     settings: ShardSettings,
 ) -> int:
-    """Build shard ``shard_index`` of ``num_shards`` and write it as HDF5; return its size."""
+    """Build shard ``shard_index`` of ``num_shards`` from its own text shard (``sentences_file``,
+    written by the corpus stage) and write it as HDF5; return its size.
+
+    Only this text shard is read, and random next sentences come from its documents (as in
+    NVIDIA's pipeline, which draws them per input file; Google's draws from the whole corpus).
+    """
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard index {shard_index} out of range for {num_shards} shards")
-    all_docs = read_sentence_documents(sentences_file)
-    if not all_docs:
+    mine = read_sentence_documents(sentences_file)
+    if not mine:
         raise CorpusError(f"{sentences_file}: no sentences; rebuild the corpus from non-empty sources")
-    mine = all_docs[shard_index::num_shards]
     tok = load_tokenizer(vocab_file, lowercase=settings.lowercase)
     vocab = read_vocab(vocab_file)
     ids = {t: i for i, t in reversed(list(enumerate(vocab)))}
-    flat = [sent for doc in mine for sent in doc]
-    encoded = tok.encode_batch(flat, add_special_tokens=False) if flat else []
-    documents, k = [], 0
-    for doc in mine:
-        sents = [e.ids for e in encoded[k : k + len(doc)] if e.ids]
-        k += len(doc)
-        if sents:
-            documents.append(sents)
+    documents = []
+    # Encode a few thousand documents at a time: the tokenizer's Encoding objects are far larger
+    # than the id lists kept.
+    for start in range(0, len(mine), 2000):
+        group = mine[start : start + 2000]
+        encoded = tok.encode_batch([sent for doc in group for sent in doc], add_special_tokens=False)
+        k = 0
+        for doc in group:
+            sents = [e.ids for e in encoded[k : k + len(doc)] if e.ids]
+            k += len(doc)
+            if sents:
+                documents.append(sents)
+    del mine
     rng = random.Random(f"bertdistill-shard-{seed}-{shard_index}")
     instances: list[Instance] = []
     for _ in range(settings.dupe_factor):
@@ -260,10 +269,22 @@ class PretrainingData:
             "next_sentence_labels": torch.from_numpy(self.nsp[idx].astype(np.int64)),
         }
 
+    def take(self, indices: np.ndarray) -> PretrainingData:
+        """The examples at ``indices``, as compact arrays."""
+        return PretrainingData(
+            self.input_ids[indices],
+            self.segment_ids[indices],
+            self.input_mask[indices],
+            self.labels[indices],
+            self.nsp[indices],
+        )
+
     @classmethod
     def concat(cls, parts: Sequence[PretrainingData]) -> PretrainingData:
         if not parts:
             raise ShardError("no shards given")
+        if len(parts) == 1:
+            return parts[0]
         width = max(p.input_ids.shape[1] for p in parts)
 
         def pad(a, fill=0):
@@ -300,17 +321,22 @@ def read_hdf5_shard(path: str | Path, expected_vocab_sha256: str | None = None) 
             raise ShardError(
                 f"{path}: made with another vocab.txt than the teacher's; rebuild the shards with the teacher's vocab"
             )
-        ids, mask, seg, pos, mids, nsp = (
-            _read_dataset(f, k, path)
-            for k in (
-                "input_ids",
-                "input_mask",
-                "segment_ids",
-                "masked_lm_positions",
-                "masked_lm_ids",
-                "next_sentence_labels",
-            )
+        return hdf5_arrays(f, path, slice(None))
+
+
+def hdf5_arrays(f, path: Path, rows: slice) -> PretrainingData:
+    """Rows ``rows`` of an open HDF5 shard as compact arrays (labels expanded from positions)."""
+    ids, mask, seg, pos, mids, nsp = (
+        _read_dataset(f, k, path, rows)
+        for k in (
+            "input_ids",
+            "input_mask",
+            "segment_ids",
+            "masked_lm_positions",
+            "masked_lm_ids",
+            "next_sentence_labels",
         )
+    )
     if not (len(ids) == len(mask) == len(seg) == len(pos) == len(mids) == len(nsp)):
         raise ShardError(f"{path}: datasets have different lengths; rebuild the shard")
     labels = np.full(ids.shape, -1, dtype=np.int32)
@@ -320,19 +346,19 @@ def read_hdf5_shard(path: str | Path, expected_vocab_sha256: str | None = None) 
     if outside.any():  # an IndexError below, or for negatives a silent wrap-around to the row's end
         r, c = np.argwhere(outside)[0]
         raise ShardError(
-            f"{path}: masked_lm_positions[{r}] holds {int(pos[r, c])}, outside rows of {ids.shape[1]} tokens; "
-            "the shard is inconsistent: rebuild it"
+            f"{path}: masked_lm_positions[{r + (rows.start or 0)}] holds {int(pos[r, c])}, outside rows of "
+            f"{ids.shape[1]} tokens; the shard is inconsistent: rebuild it"
         )
-    rows = np.nonzero(valid)[0]
-    labels[rows, pos[valid]] = mids[valid]
+    rows_idx = np.nonzero(valid)[0]
+    labels[rows_idx, pos[valid]] = mids[valid]
     return PretrainingData(ids.astype(np.int32), seg.astype(np.int8), mask.astype(np.int8), labels, nsp.astype(np.int8))
 
 
-def _read_dataset(f, name: str, path: Path) -> np.ndarray:
-    """A whole dataset; a gzip chunk that fails to decompress (bytes damaged on disk) raises a bare
+def _read_dataset(f, name: str, path: Path, rows: slice = slice(None)) -> np.ndarray:
+    """Rows of a dataset; a gzip chunk that fails to decompress (bytes damaged on disk) raises a bare
     OSError naming no file, made here into a one-line error."""
     try:
-        return f[name][:]
+        return f[name][rows]
     except OSError as e:
         raise ShardError(
             f"{path}: dataset {name!r} cannot be read ({' '.join(str(e).split())}); "
@@ -354,7 +380,7 @@ def read_lddl_parquet(paths: Sequence[str | Path], vocab_file: str | Path) -> Pr
 
     vocab = read_vocab(vocab_file)
     ids = {t: i for i, t in reversed(list(enumerate(vocab)))}
-    rows = []
+    parts = []
     for path in paths:
         try:
             table = pq.read_table(path)
@@ -363,9 +389,16 @@ def read_lddl_parquet(paths: Sequence[str | Path], vocab_file: str | Path) -> Pr
         missing = [c for c in LDDL_COLUMNS if c not in table.column_names]
         if missing:
             raise ShardError(f"{path}: missing column(s) {', '.join(missing)}; not an LDDL BERT pre-training shard")
-        rows.extend(table.to_pylist())
-    if not rows:
+        rows = table.to_pylist()
+        if rows:
+            parts.append(lddl_rows(rows, ids, Path(path), vocab_file))
+    if not parts:
         raise ShardError(f"{', '.join(map(str, paths))}: no rows")
+    return PretrainingData.concat(parts)
+
+
+def lddl_rows(rows: Sequence[dict], ids: dict[str, int], path: Path, vocab_file: str | Path) -> PretrainingData:
+    """LDDL rows (dicts of one Parquet file or row group) as compact arrays."""
     unknown: set[str] = set()
 
     def to_ids(tokens: list[str]) -> list[int]:
@@ -397,7 +430,7 @@ def read_lddl_parquet(paths: Sequence[str | Path], vocab_file: str | Path) -> Pr
     if unknown:
         sample = ", ".join(sorted(unknown)[:5])
         raise ShardError(
-            f"{paths[0]}: {len(unknown)} tokens not in {vocab_file} (e.g. {sample}); "
+            f"{path}: {len(unknown)} tokens not in {vocab_file} (e.g. {sample}); "
             "use the vocab the shards were made with"
         )
     return PretrainingData(input_ids, seg, mask, labels, nsp)

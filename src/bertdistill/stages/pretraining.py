@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import VOCAB_NAME, CheckpointError, check_same_vocab, load_model, vocab_file
-from ..settings import BackboneLossConfig, ShardSettings, TrainConfig
+from ..settings import BackboneLossConfig, ReaderSettings, ShardSettings, TrainConfig
 from .assets import resolve_sources
 from .common import check_positions, train_and_save
 from .registry import describe, stage
@@ -15,14 +15,15 @@ from .registry import describe, stage
 
 @stage("corpus", rules=("corpus",))
 def corpus(
-    sources: list[Mapping[str, Any]], output: Path, stats_output: Path, punkt_train_chars: int
+    sources: list[Mapping[str, Any]], output: list[Path], stats_output: Path, punkt_train_chars: int
 ) -> dict[str, int]:
-    """Corpus sources (text files, folders, Wikipedia dumps) -> one sentence per line, documents
-    separated by blank lines (nltk Punkt trained on the corpus itself).
+    """Corpus sources (text files, folders, Wikipedia dumps) -> text shards of one sentence per
+    line, documents separated by blank lines (nltk Punkt trained on the corpus itself), streamed:
+    document k goes to text shard k mod N.
 
     Args:
         sources: each {path | url+sha256 | package+subdir, format: text|wiki, min_chars}; a bare path is {path}
-        output: the sentences file
+        output: the text shards (one file, or several)
         stats_output: JSON file of document, sentence and word counts
         punkt_train_chars: characters of the corpus the sentence splitter learns from
     """
@@ -35,11 +36,12 @@ def corpus(
 def shard(
     sentences: Path, vocab: Path, output: Path, shard_index: int, num_shards: int, seed: int, settings: ShardSettings
 ) -> int:
-    """Build one pre-training shard (HDF5, NVIDIA's schema): documents ``shard_index``,
-    ``shard_index + num_shards``, ... seeded from (seed, shard_index); returns its number of instances.
+    """Build one pre-training shard (HDF5, NVIDIA's schema) from its own text shard, seeded from
+    (seed, shard_index); random next sentences come from the same text shard. Returns its number
+    of instances.
 
     Args:
-        sentences: the corpus stage's sentences file
+        sentences: the corpus stage's text shard number ``shard_index``
         vocab: vocab.txt, or a model folder holding one
         output: the HDF5 shard
         shard_index: which shard, 0-based
@@ -63,6 +65,7 @@ def general_distill(
     student: Mapping[str, Any] | None = None,
     init: Path | None = None,
     snapshot_dir: Path | None = None,
+    reader: ReaderSettings | None = None,
 ) -> Path:
     """General distillation on pre-training shards: phase 1 builds the student from ``student``,
     phase 2 continues from ``init`` (the phase-1 folder, projection included).
@@ -82,11 +85,12 @@ def general_distill(
         student: phase 1: the student's BERT config fields (vocabulary and positions come from the teacher)
         init: phase 2: the folder to start from (phase 1's output)
         snapshot_dir: resumable snapshots (default: .{output}.snapshots next to the output)
+        reader: shuffle window and prefetching of the shard stream (each rank reads its own files)
     """
     import torch
 
     from ..checkpoints import init_from_teacher, load_projection
-    from ..data.pretraining import load_shards
+    from ..data.stream import ShardStream
     from ..model import BertConfig, BertModel
     from ..objectives import BackboneObjective, make_projection
 
@@ -130,8 +134,9 @@ def general_distill(
         if init_layers:
             init_from_teacher(student_model, teacher_model, list(init_layers), source=teacher)
         projection = make_projection(scfg, tcfg, seed=train.seed)
-    data = load_shards(shards, vocab_file=vocab)
-    check_positions(shards, data.input_ids.shape[1], (teacher, teacher_model))
+    reader = reader or ReaderSettings()
+    data = ShardStream(shards, vocab, seed=train.seed, shuffle_buffer=reader.shuffle_buffer, workers=reader.workers)
+    check_positions(shards, data.max_seq_length, (teacher, teacher_model))
     objective = BackboneObjective(student_model, tcfg, projection, losses)
     record = {
         "stage": phase,
@@ -141,6 +146,7 @@ def general_distill(
         "losses": describe(losses),
         "examples": len(data),
         "shards": [str(s) for s in shards],
+        "reader": data.describe(),
     }
     train_and_save(
         objective,
