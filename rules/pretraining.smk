@@ -18,7 +18,7 @@ rule corpus:
         "logs/timing/pretraining/corpus.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 1
+    threads: config["corpus"]["threads"]
     resources:
         mem_mb=8000,
         runtime=240,

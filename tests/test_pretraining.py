@@ -69,6 +69,13 @@ def test_text_shards_deal_documents_round_robin(corpus, tmp_path):
         assert read_sentence_documents(path) == docs[i::3]
 
 
+def test_corpus_does_not_depend_on_the_number_of_processes(corpus, tmp_path):
+    one = [tmp_path / "one" / f"text_{i}.txt" for i in range(2)]
+    two = [tmp_path / "two" / f"text_{i}.txt" for i in range(2)]
+    assert prepare_corpus([{"path": str(corpus)}], one) == prepare_corpus([{"path": str(corpus)}], two, processes=2)
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+
+
 def test_fewer_documents_than_shards_is_an_error(corpus, tmp_path):
     shards = [tmp_path / f"text_{i}.txt" for i in range(13)]  # the corpus has 12 documents
     with pytest.raises(CorpusError) as e:

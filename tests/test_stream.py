@@ -200,3 +200,25 @@ def test_kill_and_resume_with_the_stream_equals_uninterrupted(tmp_path, block_at
     full_seen = (tmp_path / "full" / "seen_rank0.txt").read_text().splitlines()
     killed_seen = (tmp_path / "killed" / "seen_rank0.txt").read_text().splitlines()
     assert killed_seen[-(20 - snap_step) :] == full_seen[snap_step:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_job_snapshots_then_resumes(tmp_path):
+    """As SLURM at a time limit: the trainer and its background reader both get SIGTERM. The
+    reader exits cleanly, the trainer snapshots from prefetched batches and stops; the rerun
+    resumes to the weights of an uninterrupted run."""
+    shards = tmp_path / "shards"
+    write_id_shards(shards, SIZES)
+    args = ["--stream", str(shards), "--steps", "12", "--snapshot-every", "100", "--batch", "4"]
+    full = child(tmp_path / "full", *args)
+    assert full.returncode == 0, full.stderr
+    cmd = [sys.executable, str(CHILD), "--out", str(tmp_path / "t"), *args, "--term-group-at", "5"]
+    term = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert term.returncode != 0 and not (tmp_path / "t" / "model").exists()
+    assert "exited unexpectedly" not in term.stderr and "killed by signal" not in term.stderr, term.stderr[-2000:]
+    snap = torch.load(tmp_path / "t" / "snapshots" / "snapshot.pt", weights_only=True)
+    assert snap["step"] == 6  # the flag raised during step 5 is honoured at the end of step 6
+    resumed = child(tmp_path / "t", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "t")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--snapshot-every", type=int, default=3)
     p.add_argument("--block-at", type=int, default=0, help="at this step write <out>/blocked and hang")
     p.add_argument("--term-at", type=int, default=0, help="at this step send ourselves SIGTERM")
+    p.add_argument("--term-group-at", type=int, default=0, help="at this step SIGTERM our process group (as SLURM)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--no-dynamic-padding", action="store_true")
     p.add_argument("--optimizer", default="adam_nobc")
@@ -114,6 +115,8 @@ def main() -> None:
             time.sleep(600)
         if step == a.term_at:
             os.kill(os.getpid(), signal.SIGTERM)
+        if step == a.term_group_at:  # every process of the job, the background reader included
+            os.killpg(os.getpgrp(), signal.SIGTERM)
 
     trainer = Trainer(cfg, out / "snapshots", log_csv=out / "train.csv", on_step=on_step)
     trainer.fit(objective, data, teacher=teacher)

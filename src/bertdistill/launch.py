@@ -105,6 +105,8 @@ def run_rule(smk: Any) -> Any:
             "resources": dict(smk.resources.items()),
         }
         kwargs = rule_kwargs(entry, smk.rule, named, dict(smk.wildcards.items()))
+        if "processes" in entry.parameters:  # CPU-parallel stages use the job's threads
+            kwargs["processes"] = int(smk.threads)
         log.info("rule %s -> stage %s(%s)", smk.rule, entry.name, ", ".join(kwargs))
         # One process per GPU for stages that train; the others use one device whatever they reserve.
         gpus = int(getattr(smk.resources, "gpu", 0) or 0)

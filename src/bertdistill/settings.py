@@ -197,7 +197,7 @@ class ReaderSettings:
         workers: background reader processes that prefetch batches (0 = read in the training process; at most 1)
     """
 
-    shuffle_buffer: int = 100_000
+    shuffle_buffer: int = 16384
     workers: int = 1
 
     def __post_init__(self) -> None:

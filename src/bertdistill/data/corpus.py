@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -124,20 +125,39 @@ def train_punkt(text: str):
     return PunktSentenceTokenizer(trainer.get_params())
 
 
+_SPLITTER = None  # the Punkt model, inherited by forked sentence-splitting processes
+
+
+def _sentences(args: tuple[str, int]) -> list[str]:
+    doc, min_chars = args
+    return [
+        " ".join(s.split()) for para in doc.split("\n") for s in _SPLITTER.tokenize(para) if len(s.strip()) >= min_chars
+    ]
+
+
+def _batches(docs: Iterator[str], size: int) -> Iterator[list[str]]:
+    while batch := list(itertools.islice(docs, size)):
+        yield batch
+
+
 def prepare_corpus(
     sources: Iterable[Mapping[str, Any]],
     output: str | Path | Sequence[str | Path],
     stats_output: str | Path | None = None,
     punkt_train_chars: int = 5_000_000,
     min_sentence_chars: int = 2,
+    processes: int = 1,
 ) -> dict[str, int]:
     """Write the corpus as text shards (one file, or a list of files: document ``k`` goes to
     ``output[k mod N]``), one sentence per line with blank lines between documents; return counts.
 
-    Documents are streamed: only Punkt's training prefix (``punkt_train_chars``) is held in
-    memory. The files appear only when all are complete. An empty corpus, or fewer documents
-    than shards, is an error naming the sources.
+    Documents are streamed: only Punkt's training prefix (``punkt_train_chars``) and one batch of
+    documents per process are held in memory. Sentence splitting (pure-Python Punkt, ~0.5 MB of
+    text per second per process) runs in ``processes`` forked processes; the output does not
+    depend on their number. The files appear only when all are complete. An empty corpus, or
+    fewer documents than shards, is an error naming the sources.
     """
+    global _SPLITTER
     sources = list(sources)
     outputs = [Path(output)] if isinstance(output, (str, Path)) else [Path(o) for o in output]
     names = ", ".join(str(s["path"]) for s in sources) or "(no sources configured)"
@@ -150,7 +170,7 @@ def prepare_corpus(
             break
     if not prefix:
         raise CorpusError(f"{names}: the corpus has no text; point config corpus.sources at non-empty files")
-    splitter = train_punkt("\n\n".join(prefix))
+    _SPLITTER = train_punkt("\n\n".join(prefix))
     n_sent = n_words = n_docs = 0
     tmps: list[str] = []
     try:
@@ -161,19 +181,20 @@ def prepare_corpus(
                 fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
                 tmps.append(tmp)
                 files.append(stack.enter_context(os.fdopen(fd, "w", encoding="utf-8")))
-            for doc in itertools.chain(prefix, docs):
-                sentences = [
-                    " ".join(s.split())
-                    for para in doc.split("\n")
-                    for s in splitter.tokenize(para)
-                    if len(s.strip()) >= min_sentence_chars
-                ]
-                if not sentences:
-                    continue
-                files[n_docs % len(files)].write("\n".join(sentences) + "\n\n")
-                n_docs += 1
-                n_sent += len(sentences)
-                n_words += sum(len(s.split()) for s in sentences)
+            split: Any = map
+            if processes > 1:
+                import multiprocessing
+
+                pool = stack.enter_context(multiprocessing.get_context("fork").Pool(processes))
+                split = functools.partial(pool.map, chunksize=8)
+            for batch in _batches(itertools.chain(prefix, docs), 64 * max(1, processes)):
+                for sentences in split(_sentences, [(d, min_sentence_chars) for d in batch]):
+                    if not sentences:
+                        continue
+                    files[n_docs % len(files)].write("\n".join(sentences) + "\n\n")
+                    n_docs += 1
+                    n_sent += len(sentences)
+                    n_words += sum(len(s.split()) for s in sentences)
         if n_docs < len(outputs):
             raise CorpusError(
                 f"{names}: {n_docs} documents are fewer than the {len(outputs)} shards; "

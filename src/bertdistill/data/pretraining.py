@@ -257,17 +257,22 @@ class PretrainingData:
         return len(self.input_ids)
 
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        idx = np.asarray(indices)
+        return batch_tensors(self.compact(np.asarray(indices)))
+
+    def compact(self, idx: np.ndarray | slice) -> np.ndarray:
+        """The rows ``idx`` cut to the longest sequence rounded up to 8 (``keep`` tokens), packed
+        into one int32 array ``[rows, 4 * keep + 1]``: input ids, segment ids, attention mask,
+        labels, next-sentence label. One array crosses from the background reader at a time."""
         mask = self.input_mask[idx]
-        longest = int(mask.sum(1).max()) if len(idx) else 0
+        longest = int(mask.sum(1).max()) if len(mask) else 0
         keep = min(mask.shape[1], max(8, -(-longest // 8) * 8))
-        return {
-            "input_ids": torch.from_numpy(self.input_ids[idx, :keep].astype(np.int64)),
-            "token_type_ids": torch.from_numpy(self.segment_ids[idx, :keep].astype(np.int64)),
-            "attention_mask": torch.from_numpy(mask[:, :keep].astype(np.int64)),
-            "labels": torch.from_numpy(self.labels[idx, :keep].astype(np.int64)),
-            "next_sentence_labels": torch.from_numpy(self.nsp[idx].astype(np.int64)),
-        }
+        out = np.empty((len(mask), 4 * keep + 1), np.int32)
+        out[:, :keep] = self.input_ids[idx, :keep]
+        out[:, keep : 2 * keep] = self.segment_ids[idx, :keep]
+        out[:, 2 * keep : 3 * keep] = mask[:, :keep]
+        out[:, 3 * keep : 4 * keep] = self.labels[idx, :keep]
+        out[:, -1] = self.nsp[idx]
+        return out
 
     def take(self, indices: np.ndarray) -> PretrainingData:
         """The examples at ``indices``, as compact arrays."""
@@ -297,6 +302,20 @@ class PretrainingData:
             np.concatenate([pad(p.labels, -1) for p in parts]),
             np.concatenate([p.nsp for p in parts]),
         )
+
+
+def batch_tensors(packed: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+    """The trainer's batch (int64 tensors) from a :meth:`PretrainingData.compact` array."""
+    packed = torch.as_tensor(packed)
+    keep = (packed.shape[1] - 1) // 4
+    ids, seg, mask, labels = (packed[:, i * keep : (i + 1) * keep].long() for i in range(4))
+    return {
+        "input_ids": ids,
+        "token_type_ids": seg,
+        "attention_mask": mask,
+        "labels": labels,
+        "next_sentence_labels": packed[:, -1].long(),
+    }
 
 
 def read_hdf5_shard(path: str | Path, expected_vocab_sha256: str | None = None) -> PretrainingData:

@@ -26,7 +26,10 @@ files comes exactly once.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import signal
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ from .pretraining import (
     LDDL_COLUMNS,
     PretrainingData,
     ShardError,
+    batch_tensors,
     hdf5_arrays,
     lddl_rows,
     vocab_sha256,
@@ -160,7 +164,7 @@ class ShardStream:
         paths: Sequence[str | Path],
         vocab_file: str | Path | None,
         seed: int,
-        shuffle_buffer: int = 100_000,
+        shuffle_buffer: int = 16384,
         workers: int = 1,
     ) -> None:
         if shuffle_buffer < 1:
@@ -303,15 +307,21 @@ class ShardStream:
             yield data.take(np.arange(skip, len(data))) if skip else data
             consumed += len(data) - skip
 
-    def batches(self, rank: int, world: int, start_step: int, sizes: Sequence[int]) -> Iterator[list[Batch]]:
+    def compact_batches(
+        self, rank: int, world: int, start_step: int, sizes: Sequence[int]
+    ) -> Iterator[list[np.ndarray]]:
         """Per optimizer step from ``start_step`` on, this rank's micro-batches (``sizes`` rows
-        each), padded to the longest sequence rounded up to 8."""
+        each) as packed compact arrays, cut to the longest sequence rounded up to 8."""
         per_step = sum(sizes)
         pieces = self.sequences(rank, world, start_step * per_step)
         buf, pos = next(pieces), 0
         while True:
             step = []
             for k in sizes:
+                if len(buf) - pos >= k:  # the usual case: one slice of the current window
+                    step.append(buf.compact(slice(pos, pos + k)))
+                    pos += k
+                    continue
                 got: list[PretrainingData] = []
                 while k:
                     if pos == len(buf):
@@ -320,9 +330,14 @@ class ShardStream:
                     got.append(buf.take(np.arange(pos, pos + t)))
                     pos += t
                     k -= t
-                part = got[0] if len(got) == 1 else PretrainingData.concat(got)
-                step.append(part.batch(np.arange(len(part))))
+                part = PretrainingData.concat(got)
+                step.append(part.compact(slice(None)))
             yield step
+
+    def batches(self, rank: int, world: int, start_step: int, sizes: Sequence[int]) -> Iterator[list[Batch]]:
+        """:meth:`compact_batches` as the trainer's int64 tensors."""
+        for step in self.compact_batches(rank, world, start_step, sizes):
+            yield [batch_tensors(part) for part in step]
 
     def steps(
         self, start_step: int, global_batch: int, accum: int, rank: int, world: int, pin_memory: bool = False
@@ -337,27 +352,57 @@ class ShardStream:
             _Steps(self, rank, world, start_step, sizes),
             batch_size=None,
             num_workers=1,
-            prefetch_factor=max(2, self.workers * 2),
-            pin_memory=pin_memory,
+            prefetch_factor=4,
             worker_init_fn=_ignore_sigterm,
             # Its own generator: the loader draws a worker seed, which from the global RNG would
             # shift the dropout masks of a resumed run against an uninterrupted one.
             generator=torch.Generator().manual_seed(self.seed),
         )
         it = iter(loader)
+        # Registered after multiprocessing's own exit handler, so it runs first (LIFO).
+        stop = functools.partial(_stop_reader, weakref.ref(it))
+        atexit.register(stop)
         try:
             for item in it:
                 if isinstance(item, str):
                     raise ShardError(item)
-                yield item
+                batches = [batch_tensors(part) for part in item]
+                if pin_memory:  # page-locked, for asynchronous copies to the GPU
+                    batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+                yield batches
         finally:
+            atexit.unregister(stop)
             del it  # stops the worker
 
 
 def _ignore_sigterm(_worker_id: int) -> None:
-    """SLURM signals every process of a job: the trainer snapshots on SIGTERM and then stops the
-    reader; a reader dying first would break the snapshot with a 'worker killed' error."""
+    """SLURM signals every process of a job. The trainer snapshots on SIGTERM from batches the
+    reader already prefetched, which only a living reader can hand over (their shared memory is
+    passed on request), so the reader outlives the signal; the trainer stops it when it stops, and
+    a reader whose trainer died exits on its own (DataLoader's watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _return_large_frees_to_the_os()
+
+
+def _return_large_frees_to_the_os() -> None:
+    """glibc raises its mmap threshold after each large free, so the reader's window-sized arrays
+    (tens of MB, allocated and freed every window) move onto the heap, whose freed space is not
+    always given back: memory then creeps up by a few windows. A fixed 1 MB threshold keeps them
+    as mmaps, unmapped when freed. Only where glibc is the allocator."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_reader(ref: weakref.ref) -> None:
+    """At interpreter exit, stop a reader that was never closed: multiprocessing would otherwise
+    wait forever for a worker that ignores its SIGTERM."""
+    it = ref()
+    if it is not None:
+        it._shutdown_workers()
 
 
 class _Steps(torch.utils.data.IterableDataset):
@@ -369,6 +414,6 @@ class _Steps(torch.utils.data.IterableDataset):
     def __iter__(self):
         stream, rank, world, start_step, sizes = self.args
         try:
-            yield from stream.batches(rank, world, start_step, sizes)
+            yield from stream.compact_batches(rank, world, start_step, sizes)
         except (ShardError, OSError) as e:
             yield " ".join(str(e).split())

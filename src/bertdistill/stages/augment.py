@@ -43,13 +43,16 @@ def adapt_mlm(
     import torch
 
     from ..data.pretraining import load_shards
+    from ..data.stream import ShardStream
     from ..inference import mlm_accuracy
     from ..objectives import MaskedLMObjective
 
     torch.manual_seed(train.seed)
     model = load_model(teacher, head="mlm", init_head=True)
     vocab = teacher / VOCAB_NAME
-    data = load_shards(shards, vocab_file=vocab)
+    # Training shards stream as in general distillation (phase 1's, Wikipedia-size with a real
+    # corpus); the held-out shard is one file, scored in memory.
+    data = ShardStream(shards, vocab, seed=train.seed)
     held = load_shards(heldout, vocab_file=vocab)
     before = mlm_accuracy(model, held, HELDOUT_BATCH, heldout_examples)
 
@@ -59,7 +62,7 @@ def adapt_mlm(
         metrics["heldout_after"] = mlm_accuracy(model, held, HELDOUT_BATCH, heldout_examples)
         return metrics
 
-    record = {"stage": "adapt_mlm", "teacher": str(teacher), "examples": len(data)}
+    record = {"stage": "adapt_mlm", "teacher": str(teacher), "examples": len(data), "reader": data.describe()}
     objective = MaskedLMObjective(model)
     train_and_save(
         objective,

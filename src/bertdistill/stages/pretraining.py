@@ -15,7 +15,11 @@ from .registry import describe, stage
 
 @stage("corpus", rules=("corpus",))
 def corpus(
-    sources: list[Mapping[str, Any]], output: list[Path], stats_output: Path, punkt_train_chars: int
+    sources: list[Mapping[str, Any]],
+    output: list[Path],
+    stats_output: Path,
+    punkt_train_chars: int,
+    processes: int = 1,
 ) -> dict[str, int]:
     """Corpus sources (text files, folders, Wikipedia dumps) -> text shards of one sentence per
     line, documents separated by blank lines (nltk Punkt trained on the corpus itself), streamed:
@@ -26,10 +30,13 @@ def corpus(
         output: the text shards (one file, or several)
         stats_output: JSON file of document, sentence and word counts
         punkt_train_chars: characters of the corpus the sentence splitter learns from
+        processes: sentence-splitting processes (a Snakemake job passes its threads)
     """
     from ..data.corpus import prepare_corpus
 
-    return prepare_corpus(resolve_sources(sources), output, stats_output, punkt_train_chars=punkt_train_chars)
+    return prepare_corpus(
+        resolve_sources(sources), output, stats_output, punkt_train_chars=punkt_train_chars, processes=processes
+    )
 
 
 @stage("shards", rules=("pretraining_shard",))
