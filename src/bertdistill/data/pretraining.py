@@ -318,28 +318,36 @@ def batch_tensors(packed: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def read_hdf5_shard(path: str | Path, expected_vocab_sha256: str | None = None) -> PretrainingData:
-    """Read one HDF5 shard. Masked positions are expanded to a −1-filled label row; as in
-    NVIDIA's reader, the first 0 in ``masked_lm_positions`` ends the list."""
+def open_hdf5_shard(path: Path, expected_vocab_sha256: str | None = None):
+    """An open h5py file of a BERT pre-training shard: readable, with every dataset of NVIDIA's
+    schema, made with the expected vocab (when the shard records one); else a one-line error."""
     import h5py
 
-    path = Path(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise ShardError(f"{path}: not a readable HDF5 file ({e}); rebuild the shard") from None
-    with f:
-        missing = [k for k in HDF5_SCHEMA if k not in f]
-        if missing:
-            raise ShardError(
-                f"{path}: missing dataset(s) {', '.join(missing)}; not a BERT pre-training shard "
-                f"(expected {', '.join(HDF5_SCHEMA)})"
-            )
-        got = f.attrs.get("vocab_sha256")
-        if expected_vocab_sha256 is not None and got is not None and got != expected_vocab_sha256:
-            raise ShardError(
-                f"{path}: made with another vocab.txt than the teacher's; rebuild the shards with the teacher's vocab"
-            )
+    missing = [k for k in HDF5_SCHEMA if k not in f]
+    got = f.attrs.get("vocab_sha256")
+    if missing:
+        f.close()
+        raise ShardError(
+            f"{path}: missing dataset(s) {', '.join(missing)}; not a BERT pre-training shard "
+            f"(expected {', '.join(HDF5_SCHEMA)})"
+        )
+    if expected_vocab_sha256 is not None and got is not None and got != expected_vocab_sha256:
+        f.close()
+        raise ShardError(
+            f"{path}: made with another vocab.txt than the teacher's; rebuild the shards with the teacher's vocab"
+        )
+    return f
+
+
+def read_hdf5_shard(path: str | Path, expected_vocab_sha256: str | None = None) -> PretrainingData:
+    """Read one HDF5 shard. Masked positions are expanded to a −1-filled label row; as in
+    NVIDIA's reader, the first 0 in ``masked_lm_positions`` ends the list."""
+    path = Path(path)
+    with open_hdf5_shard(path, expected_vocab_sha256) as f:
         return hdf5_arrays(f, path, slice(None))
 
 

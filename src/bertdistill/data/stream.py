@@ -47,6 +47,7 @@ from .pretraining import (
     batch_tensors,
     hdf5_arrays,
     lddl_rows,
+    open_hdf5_shard,
     vocab_sha256,
 )
 
@@ -103,28 +104,11 @@ def inspect_shard(path: Path, expected_vocab_sha256: str | None) -> ShardFile:
             raise ShardError(f"{path}: missing column(s) {', '.join(missing)}; not an LDDL BERT pre-training shard")
         groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         return ShardFile(path, sum(groups), parquet=True, groups=groups)
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ShardError(f"{path}: not a readable HDF5 file ({e}); rebuild the shard") from None
-    with f:
-        missing = [k for k in HDF5_SCHEMA if k not in f]
-        if missing:
-            raise ShardError(
-                f"{path}: missing dataset(s) {', '.join(missing)}; not a BERT pre-training shard "
-                f"(expected {', '.join(HDF5_SCHEMA)})"
-            )
-        got = f.attrs.get("vocab_sha256")
-        if expected_vocab_sha256 is not None and got is not None and got != expected_vocab_sha256:
-            raise ShardError(
-                f"{path}: made with another vocab.txt than the teacher's; rebuild the shards with the teacher's vocab"
-            )
+    with open_hdf5_shard(path, expected_vocab_sha256) as f:
         lengths = {len(f[k]) for k in HDF5_SCHEMA}
-        if len(lengths) != 1:
-            raise ShardError(f"{path}: datasets have different lengths; rebuild the shard")
-        return ShardFile(path, lengths.pop())
+    if len(lengths) != 1:
+        raise ShardError(f"{path}: datasets have different lengths; rebuild the shard")
+    return ShardFile(path, lengths.pop())
 
 
 def assign_files(rows: Sequence[int], world: int) -> list[list[int]]:
