@@ -75,7 +75,12 @@ def main() -> None:
     for folder in args.exports:
         record = json.loads((folder / "export.json").read_text())
         int8_metric[record["task"]] = {
-            side: {"metric": record["metric"], **m["dev"], "int8_change": m.get("int8_metric_change")}
+            side: {
+                "metric": record["metric"],
+                "split": record.get("split", "dev"),
+                **m["metrics"],
+                "int8_change": m.get("int8_metric_change"),
+            }
             for side, m in record["models"].items()
         }
     out = {
@@ -87,7 +92,7 @@ def main() -> None:
         "skipped": summary["skipped"],
         "errors": summary["errors"],
         "ratios": ratios,
-        "int8_dev_metric": int8_metric,
+        "int8_metric": int8_metric,
     }
     text = json.dumps(out, indent=1)
     if args.output:

@@ -74,6 +74,7 @@ rule sst2_data:
     output:
         train_output="results/data/sst2/train.tsv",
         dev_output="results/data/sst2/dev.tsv",
+        test_output="results/data/sst2/test.tsv",
     log:
         "logs/assets/sst2_data.log",
     benchmark:
@@ -87,6 +88,7 @@ rule sst2_data:
     params:
         source=lambda wc: config["data"]["sst2"]["source"],
         dev_fraction=lambda wc: config["data"]["sst2"]["dev_fraction"],
+        test_fraction=lambda wc: config["data"]["sst2"]["test_fraction"],
         max_train=lambda wc: config["data"]["sst2"]["max_train"],
     script:
         "../scripts/run_stage.py"
@@ -98,6 +100,8 @@ rule squad_cloze:
     output:
         train_output="results/data/squad/train-v1.1.json",
         dev_output="results/data/squad/dev-v1.1.json",
+        test_output="results/data/squad/test-v1.1.json",
+        heldout_output="results/data/squad/heldout_documents.txt",
     log:
         "logs/assets/squad_cloze.log",
     benchmark:
@@ -110,7 +114,11 @@ rule squad_cloze:
         runtime=30,
     params:
         sources=lambda wc: config["corpus"]["sources"],
-        settings=lambda wc: config["data"]["squad_cloze"],
+        settings=lambda wc: {
+            k: v
+            for k, v in config["data"]["squad_cloze"].items()
+            if k != "exclude_from_corpus"
+        },
         punkt_train_chars=lambda wc: config["corpus"]["punkt_train_chars"],
     script:
         "../scripts/run_stage.py"

@@ -169,9 +169,81 @@ def task_teacher_dir(wildcards):
     return f"resources/teachers/{name}"
 
 
+def dev_from_train(task):
+    """True when a task's dev split is carved out of its training data (rule split_dev)."""
+    return "from_train" in config["tasks"][task]["dev"]
+
+
+def task_split_path(task, split):
+    """A task's `train`, `dev` or `test` data: the configured path, or split_dev's outputs when
+    `dev: {from_train: ...}`."""
+    if split in ("train", "dev") and dev_from_train(task):
+        return f"results/{task}/data/{split}.{get_task(task).data_ext}"
+    return config["tasks"][task][split]["path"]
+
+
 def task_data(split):
-    """An input function: the configured path of a task's `train` or `dev` data."""
-    return lambda wc: config["tasks"][wc.task][split]["path"]
+    """An input function: a task's `train`, `dev` or `test` data."""
+    return lambda wc: task_split_path(wc.task, split)
+
+
+def has_test(task):
+    return config["tasks"][task].get("test") is not None
+
+
+def report_split(task):
+    """The split final metrics report: the held-out test split when configured, else dev."""
+    return "test" if has_test(task) else "dev"
+
+
+def final_inputs(wildcards):
+    """task_final: dev (selection, reported beside) and the held-out test split (reported)."""
+    task = wildcards.task
+    inputs = {
+        "student": f"results/{task}/prediction",
+        "backbone": f"results/{task}/backbone",
+        "general": task_general_dirs(wildcards),
+        "features": f"results/{task}/features/train.hdf5",
+        "teacher": task_teacher_dir(wildcards),
+        "dev_features": f"results/{task}/features/dev.hdf5",
+        "dev": task_split_path(task, "dev"),
+    }
+    if has_test(task):
+        inputs["test_features"] = f"results/{task}/features/test.hdf5"
+        inputs["test"] = task_split_path(task, "test")
+    return inputs
+
+
+def export_inputs(wildcards):
+    """export_onnx: the final student and its teacher, evaluated on the reported split."""
+    task, split = wildcards.task, report_split(wildcards.task)
+    return {
+        "student": f"results/{task}_final",
+        "teacher": task_teacher_dir(wildcards),
+        "eval_features": f"results/{task}/features/{split}.hdf5",
+        "eval_data": task_split_path(task, split),
+    }
+
+
+def cloze_in_use():
+    """True when a task reads the cloze SQuAD data the workflow builds (rule squad_cloze)."""
+    return any(
+        str(t.get(split, {}).get("path", "")).startswith("results/data/squad/")
+        for t in config["tasks"].values()
+        for split in ("train", "dev", "test")
+    )
+
+
+def corpus_exclude(wildcards):
+    """Documents the corpus leaves out: configured digest files, and the held-out articles of the
+    cloze data when a task uses it (no model trained on the corpus sees a dev or test context).
+    """
+    files = list(config["corpus"].get("exclude", []))
+    if cloze_in_use() and config["data"]["squad_cloze"].get(
+        "exclude_from_corpus", True
+    ):
+        files.append("results/data/squad/heldout_documents.txt")
+    return files
 
 
 def mlm_dir():
@@ -192,7 +264,7 @@ def prediction_inputs(wildcards):
         "backbone": f"results/{wildcards.task}/backbone",
         "features": f"results/{wildcards.task}/features/train.hdf5",
         "dev_features": f"results/{wildcards.task}/features/dev.hdf5",
-        "dev": t["dev"]["path"],
+        "dev": task_split_path(wildcards.task, "dev"),
     }
     if t["prediction"]["cached_teacher_logits"]:
         inputs["teacher_logits"] = f"results/{wildcards.task}/teacher_logits.hdf5"
@@ -229,7 +301,7 @@ def task_train_path(wildcards):
                 f"tasks.{wildcards.task}.use_augmented is true but no `augmented` file is configured"
             )
         return t["augmented"]["path"]
-    return t["train"]["path"]
+    return task_split_path(wildcards.task, "train")
 
 
 def augment_settings(wildcards):

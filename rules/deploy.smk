@@ -3,10 +3,7 @@
 
 rule export_onnx:
     input:
-        student="results/{task}_final",
-        teacher=task_teacher_dir,
-        dev_features="results/{task}/features/dev.hdf5",
-        dev=task_data("dev"),
+        unpack(export_inputs),
     output:
         output=directory("results/{task}_onnx"),
     log:
@@ -25,6 +22,7 @@ rule export_onnx:
         n_best=lambda wc: config["tasks"][wc.task]["n_best"],
         max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
         settings=export_settings(),
+        split=lambda wc: report_split(wc.task),
     script:
         "../scripts/run_stage.py"
 

@@ -1,15 +1,10 @@
-"""Per task: dev evaluation of student and teacher, results/{task}_final/."""
+"""Per task: evaluation of student and teacher on the held-out test split (and dev, where
+checkpoints were selected), results/{task}_final/."""
 
 
 rule task_final:
     input:
-        student="results/{task}/prediction",
-        backbone="results/{task}/backbone",
-        general=task_general_dirs,
-        features="results/{task}/features/train.hdf5",
-        teacher=task_teacher_dir,
-        dev_features="results/{task}/features/dev.hdf5",
-        dev=task_data("dev"),
+        unpack(final_inputs),
     output:
         output=directory("results/{task}_final"),
     log:

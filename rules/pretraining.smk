@@ -9,6 +9,7 @@ wildcard_constraints:
 rule corpus:
     input:
         local_paths(config["corpus"]["sources"]),
+        exclude=corpus_exclude,
     output:
         output=scatter.shards("results/corpus/text_{scatteritem}.txt"),
         stats_output="results/corpus/stats.json",

@@ -5,6 +5,31 @@ wildcard_constraints:
     task="|".join(task_names()) or "none",
 
 
+rule split_dev:
+    input:
+        train=lambda wc: config["tasks"][wc.task]["train"]["path"],
+    output:
+        train_output="results/{task}/data/train.{ext}",
+        dev_output="results/{task}/data/dev.{ext}",
+    log:
+        "logs/{task}/split_dev_{ext}.log",
+    benchmark:
+        "logs/timing/{task}/split_dev_{ext}.tsv"
+    wildcard_constraints:
+        ext="json|tsv",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        fraction=lambda wc: config["tasks"][wc.task]["dev"]["from_train"],
+        seed=lambda wc: config["tasks"][wc.task]["dev"].get("seed", 0),
+    script:
+        "../scripts/run_stage.py"
+
+
 rule task_features:
     input:
         train=task_train_path,
@@ -39,6 +64,28 @@ rule finetune_features:
         "logs/{task}/finetune_features.log",
     benchmark:
         "logs/timing/{task}/finetune_features.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        settings=lambda wc: config["tasks"][wc.task]["features"],
+    script:
+        "../scripts/run_stage.py"
+
+
+rule test_features:
+    input:
+        test=task_data("test"),
+        vocab=general_teacher_dir(),
+    output:
+        output="results/{task}/features/test.hdf5",
+    log:
+        "logs/{task}/test_features.log",
+    benchmark:
+        "logs/timing/{task}/test_features.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2

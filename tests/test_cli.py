@@ -44,6 +44,8 @@ STAGE_NAMES = (
     "general",
     "features",
     "train-features",
+    "test-features",
+    "split-dev",
     "teacher-logits",
     "backbone",
     "prediction",
@@ -105,6 +107,7 @@ def test_every_rule_passes_only_what_the_cli_accepts(tmp_path):
     config = yaml.safe_load((wd / "config/config.yaml").read_text())
     config["teachers"]["squad"] = {"source": {"url": "https://example.org/qa.zip", "sha256": "0" * 64}, "head": "qa"}
     config["tasks"]["squad"]["teacher"] = "squad"
+    config["tasks"]["sst2"]["dev"] = {"from_train": 0.1}  # the recipes' way: dev carved out of train
     jobs, rules = workflow_jobs(wd, config)
     parser = build_parser()
     seen = set()

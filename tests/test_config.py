@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,7 @@ SCHEMA_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
             ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "max_texts", "enabled"),
         ),
         ("FeatureSettings", "$defs/task/properties/features", ()),
-        ("ClozeSettings", "properties/data/properties/squad_cloze", ()),
+        ("ClozeSettings", "properties/data/properties/squad_cloze", ("exclude_from_corpus",)),
         ("ExportSettings", "properties/export", ("runtime",)),
         ("BenchmarkSettings", "properties/benchmark", ("shapes", "gpus", "runtime")),
     ],
@@ -308,3 +309,19 @@ def test_auto_shard_count_plans_that_many_shard_jobs(tmp_path):
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     jobs = planned_jobs(smk(wd, "-n", "--cores", "1", "results/general/phase2"))
     assert jobs["corpus"] == 1 and jobs["pretraining_shard"] == 2 * 3  # 3 shards per sequence length
+
+
+def test_every_schema_key_is_described_in_config_readme():
+    """Every key of the schema has a description, and config/README.md is the reference generated
+    from it (so a new key cannot ship undocumented) and names every key."""
+    from bertdistill.config_docs import README, config_reference, load_schema, missing_descriptions, schema_keys
+
+    schema = load_schema()
+    assert missing_descriptions(schema) == []
+    text = README.read_text(encoding="utf-8")
+    assert text == config_reference(schema), "config/README.md is stale: run `python -m bertdistill.config_docs`"
+    documented = set(re.findall(r"^\| `([^`]+)`", text, flags=re.M))
+    named = {part for path in documented for part in path.split(".")}
+    assert set(schema_keys(schema)) <= named
+    for key in ("test", "dev.from_train", "data.squad_cloze.exclude_from_corpus", "corpus.exclude"):
+        assert key in documented

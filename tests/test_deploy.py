@@ -97,7 +97,7 @@ def test_export_stage_checks_parity_and_evaluates_int8(tmp_path, task, metric):
         assert {f.name for f in (out / side).iterdir()} == set(FILES.values())
         assert info["parity"]["fp32"] <= 1e-3 and info["parity"]["fused"] <= 1e-3
         assert info["parity"]["features"] == len(__import__("h5py").File(dev_h5)["input_ids"])
-        dev_metrics = info["dev"]
+        dev_metrics = info["metrics"]
         assert set(dev_metrics) == {"pytorch", "onnx_fused", "onnx_int8"}
         # fp32 ONNX gives the same predictions as PyTorch, so the same metric.
         assert dev_metrics["onnx_fused"][metric] == pytest.approx(dev_metrics["pytorch"][metric], abs=1e-9)

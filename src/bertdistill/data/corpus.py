@@ -147,6 +147,7 @@ def prepare_corpus(
     punkt_train_chars: int = 5_000_000,
     min_sentence_chars: int = 2,
     processes: int = 1,
+    exclude: Iterable[str | Path] = (),
 ) -> dict[str, int]:
     """Write the corpus as text shards (one file, or a list of files: document ``k`` goes to
     ``output[k mod N]``), one sentence per line with blank lines between documents; return counts.
@@ -156,12 +157,28 @@ def prepare_corpus(
     text per second per process) runs in ``processes`` forked processes; the output does not
     depend on their number. The files appear only when all are complete. An empty corpus, or
     fewer documents than shards, is an error naming the sources.
+
+    ``exclude``: files listing documents to leave out, by the sha256 of their text, one per line
+    (the held-out articles of task data built from the same sources), so that nothing trained on
+    the corpus has seen a dev or test context.
     """
     global _SPLITTER
+    from .builders import document_digest
+
     sources = list(sources)
     outputs = [Path(output)] if isinstance(output, (str, Path)) else [Path(o) for o in output]
     names = ", ".join(str(s["path"]) for s in sources) or "(no sources configured)"
-    docs = (d for d in iter_documents(sources) if d.strip())
+    excluded = read_digests(exclude)
+    n_excluded = 0
+
+    def kept(doc: str) -> bool:
+        nonlocal n_excluded
+        if excluded and document_digest(doc) in excluded:
+            n_excluded += 1
+            return False
+        return bool(doc.strip())
+
+    docs = (d for d in iter_documents(sources) if kept(d))
     prefix, size = [], 0
     for d in docs:
         prefix.append(d)
@@ -206,10 +223,35 @@ def prepare_corpus(
         for tmp in tmps:
             Path(tmp).unlink(missing_ok=True)
         raise
-    stats = {"documents": n_docs, "sentences": n_sent, "words": n_words, "text_shards": len(outputs)}
+    stats = {
+        "documents": n_docs,
+        "sentences": n_sent,
+        "words": n_words,
+        "text_shards": len(outputs),
+        "excluded_documents": n_excluded,
+    }
     if stats_output is not None:
         Path(stats_output).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def read_digests(paths: Iterable[str | Path]) -> set[str]:
+    """Document digests (64 hex digits, one per line) from each file; anything else is a one-line
+    error naming the file."""
+    digests: set[str] = set()
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise CorpusError(f"{path}: no such file (corpus.exclude: a list of document sha256 digests)")
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            if not re.fullmatch(r"[0-9a-f]{64}", line):
+                raise CorpusError(
+                    f"{path}:{i}: not a sha256 digest; corpus.exclude files list one document sha256 per line"
+                )
+            digests.add(line)
+    return digests
 
 
 def read_sentence_documents(path: str | Path) -> list[list[str]]:

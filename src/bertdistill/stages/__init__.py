@@ -14,6 +14,8 @@ from .pretraining import corpus, general_distill, shard
 from .registry import STAGES, Stage, StageError, for_rule, stage
 from .tasks import (
     finetune_teacher,
+    heldout_features,
+    split_dev,
     task_backbone,
     task_features,
     task_final,
@@ -38,8 +40,10 @@ __all__ = [
     "export",
     "finetune_teacher",
     "general_distill",
+    "heldout_features",
     "import_teacher",
     "shard",
+    "split_dev",
     "sst2_data",
     "squad_cloze",
     "task_backbone",

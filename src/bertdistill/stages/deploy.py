@@ -1,5 +1,5 @@
 """Deployment: ONNX export of each task's student and teacher (with a parity check and the INT8
-copy's dev metric) and the inference benchmark over every backend."""
+copy's metric on the reported split) and the inference benchmark over every backend."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def _export_model(
     folder: Path,
     out: Path,
     task: TaskName,
-    dev_arrays: dict,
-    dev: Path,
+    eval_arrays: dict,
+    eval_data: Path,
     vocab: Path,
     eval_batch_size: int,
     n_best: int,
@@ -41,8 +41,9 @@ def _export_model(
 
         ops = [n.op_type for n in load(str(files["fused"]), load_external_data=False).graph.node]
         fused = {op: ops.count(op) for op in ("Attention", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu")}
-    # One pass over dev per graph: its metric, and the first parity_features rows for the check.
-    n = len(dev_arrays["input_ids"]) if settings.parity_features is None else settings.parity_features
+    # One pass over the evaluation split per graph: its metric, and the first parity_features rows
+    # for the check.
+    n = len(eval_arrays["input_ids"]) if settings.parity_features is None else settings.parity_features
     record: dict[str, Any] = {
         "source": str(folder),
         "parameters": model.num_parameters(),
@@ -50,33 +51,34 @@ def _export_model(
         "hidden_size": model.config.hidden_size,
         "fused_operators": fused,
         "files": {k: {"path": f"{out.name}/{p.name}", "mb": file_mb(p)} for k, p in files.items()},
-        "parity": {"features": min(n, len(dev_arrays["input_ids"])), "tolerance": settings.tolerance},
-        "dev": {},
+        "parity": {"features": min(n, len(eval_arrays["input_ids"])), "tolerance": settings.tolerance},
+        "metrics": {},
     }
 
     def metric(logits):
-        return t.evaluate_logits(logits, dev_arrays, dev, vocab, n_best, max_answer_length)[0]
+        return t.evaluate_logits(logits, eval_arrays, eval_data, vocab, n_best, max_answer_length)[0]
 
-    reference = predict_logits(model, dev_arrays, eval_batch_size)
-    record["dev"]["pytorch"] = metric(reference)
+    reference = predict_logits(model, eval_arrays, eval_batch_size)
+    record["metrics"]["pytorch"] = metric(reference)
     for kind, path in files.items():
         # The plain graph is only checked (its metric would repeat the fused one's).
         evaluated = kind in ("fused", "int8") or "fused" not in files
-        arrays = dev_arrays if evaluated else subset(dev_arrays, n)
+        arrays = eval_arrays if evaluated else subset(eval_arrays, n)
         logits = predict_logits(OnnxModel(path, settings.threads), arrays, eval_batch_size)
         diff = max_abs_diff(reference[:n], logits[:n])
         record["parity"][kind] = diff
         if kind != "int8" and not diff <= settings.tolerance:
             raise ExportError(
                 f"{path}: ONNX Runtime's logits differ from PyTorch's by {diff:.3g} on {record['parity']['features']} "
-                f"dev features (tolerance {settings.tolerance}); the export is wrong, report it with this file"
+                f"features of {eval_data.name} (tolerance {settings.tolerance}); the export is wrong, "
+                "report it with this file"
             )
         if evaluated:
-            record["dev"][f"onnx_{kind}"] = metric(logits)
+            record["metrics"][f"onnx_{kind}"] = metric(logits)
     if "int8" in files:
         key = t.metric
-        best_fp32 = record["dev"].get("onnx_fused", record["dev"].get("onnx_fp32"))
-        record["int8_metric_change"] = round(record["dev"]["onnx_int8"][key] - best_fp32[key], 4)
+        best_fp32 = record["metrics"].get("onnx_fused", record["metrics"].get("onnx_fp32"))
+        record["int8_metric_change"] = round(record["metrics"]["onnx_int8"][key] - best_fp32[key], 4)
     return record
 
 
@@ -85,33 +87,36 @@ def export(
     task: TaskName,
     student: Path,
     teacher: Path,
-    dev_features: Path,
-    dev: Path,
+    eval_features: Path,
+    eval_data: Path,
     output: Path,
     eval_batch_size: int,
     n_best: int,
     max_answer_length: int,
     settings: ExportSettings,
+    split: str = "dev",
 ) -> dict[str, Any]:
     """``results/{task}_onnx``: the final student and its teacher as ONNX (``student/`` and
-    ``teacher/``: model.onnx, model.opt.onnx, model.int8.onnx), checked against PyTorch on dev
-    features, and ``export.json`` (parity, fused operators, sizes, dev metric of PyTorch, the
-    fp32 and the INT8 ONNX graphs by the same evaluation code).
+    ``teacher/``: model.onnx, model.opt.onnx, model.int8.onnx), checked against PyTorch on the
+    evaluation split's features, and ``export.json`` (parity, fused operators, sizes, and under
+    ``metrics`` the metric of PyTorch, the fp32 and the INT8 ONNX graphs by the same evaluation
+    code, on the split ``task_final`` reports: test when the task has one).
 
     Args:
         task: the task
         student: the final student folder
         teacher: the task teacher's folder
-        dev_features: dev features (parity check and dev metric)
-        dev: dev data (dev metric)
+        eval_features: features of the evaluation split (parity check and metric)
+        eval_data: the evaluation split's data (metric)
         output: the export folder
-        eval_batch_size: dev inference batch size
+        eval_batch_size: inference batch size
         n_best: SQuAD: start/end candidates searched per feature
         max_answer_length: SQuAD: longest answer in tokens
         settings: opset, parity tolerance, fusion and INT8 options
+        split: which split eval_features holds (test or dev), recorded
     """
     t0 = time.time()
-    dev_arrays, _ = read_h5(dev_features)
+    eval_arrays, _ = read_h5(eval_features)
     vocab = teacher / VOCAB_NAME
     tmp = output.with_name(f".{output.name}.tmp")
     if tmp.exists():
@@ -119,10 +124,20 @@ def export(
     models = {}
     for side, folder in (("student", student), ("teacher", teacher)):
         models[side] = _export_model(
-            folder, tmp / side, task, dev_arrays, dev, vocab, eval_batch_size, n_best, max_answer_length, settings
+            folder,
+            tmp / side,
+            task,
+            eval_arrays,
+            eval_data,
+            vocab,
+            eval_batch_size,
+            n_best,
+            max_answer_length,
+            settings,
         )
     record = {
         "task": task,
+        "split": split,
         "head": get_task(task).head,
         "metric": get_task(task).metric,
         "settings": settings.__dict__,

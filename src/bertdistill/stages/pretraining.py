@@ -20,6 +20,7 @@ def corpus(
     stats_output: Path,
     punkt_train_chars: int,
     processes: int = 1,
+    exclude: list[Path] | None = None,
 ) -> dict[str, int]:
     """Corpus sources (text files, folders, Wikipedia dumps) -> text shards of one sentence per
     line, documents separated by blank lines (nltk Punkt trained on the corpus itself), streamed:
@@ -31,11 +32,17 @@ def corpus(
         stats_output: JSON file of document, sentence and word counts
         punkt_train_chars: characters of the corpus the sentence splitter learns from
         processes: sentence-splitting processes (a Snakemake job passes its threads)
+        exclude: files of document sha256 digests to leave out (held-out task articles)
     """
     from ..data.corpus import prepare_corpus
 
     return prepare_corpus(
-        resolve_sources(sources), output, stats_output, punkt_train_chars=punkt_train_chars, processes=processes
+        resolve_sources(sources),
+        output,
+        stats_output,
+        punkt_train_chars=punkt_train_chars,
+        processes=processes,
+        exclude=exclude or (),
     )
 
 

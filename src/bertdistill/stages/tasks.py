@@ -72,6 +72,71 @@ def train_features(task: TaskName, train: Path, vocab: Path, output: Path, setti
     return _features(task, train, vocab, output, True, settings)
 
 
+@stage("test-features", rules=("test_features",))
+def heldout_features(task: TaskName, test: Path, vocab: Path, output: Path, settings: FeatureSettings) -> int:
+    """Features of the held-out test split (what the final metrics report); returns their number.
+
+    Args:
+        task: the task
+        test: test data (SQuAD v1.1 JSON or GLUE TSV)
+        vocab: vocab.txt, or a model folder holding one
+        output: the HDF5 feature file
+        settings: feature windows (unset fields: the task's defaults)
+    """
+    return _features(task, test, vocab, output, False, settings)
+
+
+@stage("split-dev", rules=("split_dev",))
+def split_dev(task: TaskName, train: Path, train_output: Path, dev_output: Path, fraction: float, seed: int) -> dict:
+    """Carve a dev split out of the training data (``dev: {from_train: ...}``), so that a task
+    whose official dev file serves as its test split still has a set to select checkpoints on.
+    SQuAD: whole articles (by title), so no context is shared; GLUE TSV: rows, by their text.
+    A fixed split by a hash: it does not depend on file order.
+
+    Args:
+        task: the task
+        train: the training data (SQuAD v1.1 JSON or GLUE TSV)
+        train_output: what remains for training
+        dev_output: the dev split
+        fraction: share of articles (SQuAD) or rows (GLUE) that go to dev
+        seed: seed of the hash
+    """
+    from ..data.builders import split_of
+
+    t = get_task(task)
+    if t.data_ext == "json":
+        from ..data.squad import load_squad_json
+
+        parts: dict[str, list] = {"train": [], "dev": []}
+        for i, article in enumerate(load_squad_json(train)):
+            first = article["paragraphs"][0]["context"][:200] if article["paragraphs"] else str(i)
+            key = article.get("title") or first
+            parts[split_of(str(key), fraction, 0.0, seed)].append(article)
+        texts = {k: json.dumps({"version": "1.1", "data": v}, ensure_ascii=False) for k, v in parts.items()}
+        counts = {k: sum(len(p["qas"]) for a in v for p in a["paragraphs"]) for k, v in parts.items()}
+    else:
+        lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
+        if not lines:
+            raise ValueError(f"{train}: empty; a GLUE TSV needs a header row and examples")
+        rows: dict[str, list[str]] = {"train": [lines[0]], "dev": [lines[0]]}
+        for line in lines[1:]:
+            if line.strip():
+                rows[split_of(line.rstrip("\r\n"), fraction, 0.0, seed)].append(line)
+        texts = {k: "".join(v) for k, v in rows.items()}
+        counts = {k: len(v) - 1 for k, v in rows.items()}
+    if not counts["dev"] or not counts["train"]:
+        raise ValueError(
+            f"{train}: dev.from_train={fraction} leaves {counts['train']} training and {counts['dev']} dev "
+            "examples; choose a fraction that leaves both non-empty"
+        )
+    for key, out in (("train", train_output), ("dev", dev_output)):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(texts[key], encoding="utf-8")
+        os.replace(tmp, out)
+    return counts
+
+
 @stage("teacher-logits", rules=("teacher_logits",))
 def task_teacher_logits(
     task: TaskName, teacher: Path, features: Path, output: Path, batch_size: int, device: str = "auto"
@@ -90,6 +155,7 @@ def task_teacher_logits(
     import torch
 
     from ..inference import predict_logits
+    from ..train import content_digest
 
     t = get_task(task)
     t0 = time.time()
@@ -108,6 +174,9 @@ def task_teacher_logits(
             "teacher": str(teacher),
             "features": str(features),
             "teacher_mode": "eval",
+            # what the logits belong to: the prediction stage refuses them for any other pair
+            "teacher_sha256": content_digest(teacher),
+            "features_sha256": content_digest(features),
             "features_vocab_sha256": attrs.get("vocab_sha256", ""),
             "wall_s": round(time.time() - t0, 3),
         },
@@ -115,11 +184,14 @@ def task_teacher_logits(
     return output
 
 
-def _task_dataset(features: Path, logits: Path | None = None, keys: tuple[str, ...] = ()):
-    """Training features (and cached teacher logits) as the trainer's dataset."""
+def _task_dataset(features: Path, logits: Path | None = None, keys: tuple[str, ...] = (), teacher: Path | None = None):
+    """Training features (and cached teacher logits) as the trainer's dataset. Cached logits are
+    used only if they were computed by ``teacher`` over these very ``features`` (their recorded
+    digests): logits of another teacher, or of other features with the same row count, would
+    otherwise train the student on the wrong targets without a sign."""
     import torch
 
-    from ..train import TensorDataset
+    from ..train import TensorDataset, content_digest
 
     arrays, _ = read_h5(features)
     tensors = {
@@ -128,7 +200,17 @@ def _task_dataset(features: Path, logits: Path | None = None, keys: tuple[str, .
         if k in arrays
     }
     if logits is not None:
-        la, _ = read_h5(logits, required=("teacher_logits",))
+        la, lattrs = read_h5(logits, required=("teacher_logits",))
+        for name, path in (("features", features), ("teacher", teacher)):
+            if path is None:
+                continue
+            recorded = str(lattrs.get(f"{name}_sha256", ""))
+            if recorded != content_digest(path):
+                why = "records no digest (an older file)" if not recorded else f"were computed for another {name}"
+                raise CheckpointError(
+                    f"{logits}: these teacher logits {why}, not {path}; rebuild them "
+                    "(delete the file; Snakemake's rule teacher_logits or `python -m bertdistill teacher-logits`)"
+                )
         if len(la["teacher_logits"]) != len(arrays["input_ids"]):
             raise CheckpointError(
                 f"{logits}: {len(la['teacher_logits'])} rows for {len(arrays['input_ids'])} "
@@ -298,7 +380,7 @@ def task_prediction(
     torch.manual_seed(train.seed)
     student = load_model(backbone, head=t.head, init_head=True, num_labels=t.num_labels)
     tmodel = None if teacher_logits is not None else load_model(teacher, head=t.head)
-    data = _task_dataset(features, teacher_logits)
+    data = _task_dataset(features, teacher_logits, teacher=teacher)
     check_positions(features, data.tensors["input_ids"].shape[1], (backbone, student))
     vocab = teacher / VOCAB_NAME
     evaluate = dev_evaluator(t, dev_features, dev, vocab, eval_batch_size, n_best, max_answer_length)
@@ -362,10 +444,16 @@ def task_final(
     general: list[Path] | None = None,
     features: Path | None = None,
     backbone: Path | None = None,
+    test_features: Path | None = None,
+    test: Path | None = None,
 ) -> dict[str, Any]:
     """``results/{task}_final``: the student with its head, ``metrics.json`` (student and teacher
-    dev metrics by the same code, the trivial baseline, sizes, retention, wall time per stage)
-    and ``predictions.json``.
+    metrics by the same code, the trivial baseline, sizes, retention, wall time per stage) and
+    ``predictions.json``.
+
+    Checkpoints were selected on dev, so the headline (``split``, ``student``, ``teacher``,
+    ``retention``, ``baseline``) is the held-out test split when the task has one; the dev
+    figures sit under ``dev``. Without a test split the headline is dev, and says so.
 
     Args:
         task: the task
@@ -380,14 +468,32 @@ def task_final(
         general: general-distillation folders the student went through (for their wall time)
         features: the training feature file (for its wall time)
         backbone: the backbone stage's folder (for its wall time)
+        test_features: test features (the reported split; none: dev is reported)
+        test: test data
     """
     t = get_task(task)
-    dev_arrays, _ = read_h5(dev_features)
     vocab = teacher / VOCAB_NAME
     s_model = load_model(student, head=t.head)
     t_model = load_model(teacher, head=t.head)
-    s_metrics, s_preds = t.evaluate(s_model, dev_arrays, dev, vocab, eval_batch_size, n_best, max_answer_length)
-    t_metrics, t_preds = t.evaluate(t_model, dev_arrays, dev, vocab, eval_batch_size, n_best, max_answer_length)
+    key = t.metric
+    splits = {"dev": (dev_features, dev)}
+    if test_features is not None and test is not None:
+        splits["test"] = (test_features, test)
+    results: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, dict[str, Any]] = {}
+    for name, (feature_file, data) in splits.items():
+        arrays, _ = read_h5(feature_file)
+        s_metrics, s_preds = t.evaluate(s_model, arrays, data, vocab, eval_batch_size, n_best, max_answer_length)
+        t_metrics, t_preds = t.evaluate(t_model, arrays, data, vocab, eval_batch_size, n_best, max_answer_length)
+        results[name] = {
+            "student": s_metrics,
+            "teacher": t_metrics,
+            "retention": (s_metrics[key] / t_metrics[key]) if t_metrics[key] else None,
+            "baseline": t.baseline(arrays, data),
+            "examples": len(s_preds),
+        }
+        predictions[name] = {"student": s_preds, "teacher": t_preds}
+    reported = "test" if "test" in results else "dev"
     stages = {
         **{f"general_{Path(p).name}": p for p in general or []},
         "features": features,
@@ -403,14 +509,12 @@ def task_final(
         elif path.is_file():
             wall[name] = float(read_h5(path)[1].get("wall_s", float("nan")))
     record = json.loads((student / "distill.json").read_text()) if (student / "distill.json").is_file() else {}
-    key = t.metric
     metrics = {
         "task": task,
         "metric": key,
-        "student": s_metrics,
-        "teacher": t_metrics,
-        "retention": (s_metrics[key] / t_metrics[key]) if t_metrics[key] else None,
-        "baseline": t.baseline(dev_arrays, dev),
+        "split": reported,
+        **results[reported],
+        "dev": results["dev"],
         "student_parameters": s_model.num_parameters(),
         "teacher_parameters": t_model.num_parameters(),
         "stage_wall_s": wall,
@@ -422,7 +526,9 @@ def task_final(
         shutil.rmtree(tmp)
     save_model(s_model, tmp, vocab=vocab, settings={"stage": f"{task}_final", "from": str(student)})
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (tmp / "predictions.json").write_text(json.dumps({"student": s_preds, "teacher": t_preds}, indent=1) + "\n")
+    (tmp / "predictions.json").write_text(
+        json.dumps({"split": reported, **predictions[reported], "dev": predictions["dev"]}, indent=1) + "\n"
+    )
     if output.exists():
         shutil.rmtree(output)
     os.replace(tmp, output)
