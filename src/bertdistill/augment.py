@@ -14,6 +14,11 @@ What differs from the reference, on purpose:
 - texts over 400 words are processed in 400-word chunks as the reference does, but candidates
   are stored under the word's index in the whole text (the reference stores the chunk-local index
   and corrupts the first chunk);
+- a word whose WordPieces start past the first 510 of its chunk gets no candidates and is never
+  replaced. The reference does not skip it; what it does depends on the window's last word: if
+  that word is one piece, the word is dropped; two pieces, it gets the masked-LM candidates for
+  that word's second piece; three or more, it gets its own vector neighbours even if it is a
+  single piece;
 - the random generator is seeded per text from (seed, text index), so the output does not depend
   on how texts are split into shards or jobs.
 """
@@ -212,7 +217,11 @@ class Augmentor:
                 count[w] = count.get(w, 0) + 1
             second = [*pieces, self.sep][: self.max_len - len(pieces) - 2]
             for i in eligible:
-                if i not in count:  # beyond the 510-piece window: the reference skips it
+                if i not in count:
+                    # Its pieces start past the window (510 pieces at 512 positions): no
+                    # candidates. The reference does not skip such a word; its piece search ends
+                    # on the window's last word and gives it wrong candidates
+                    # (docs/reference.md#differences-from-the-reference).
                     continue
                 if count[i] == 1:
                     j = first_of_word[i]

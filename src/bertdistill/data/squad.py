@@ -410,6 +410,56 @@ def get_final_text(pred_text: str, orig_text: str, lowercase: bool = True) -> st
     return orig_text[o_start : o_end + 1]
 
 
+def candidate_spans(
+    features: SquadFeatures,
+    rows: Iterable[int],
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> list[tuple[float, int, int, int]]:
+    """Valid answer spans of one question's features ``rows``, best first, as
+    ``(start logit + end logit, feature, start, end)`` (BERT's n-best search, as the reference).
+
+    In each feature the ``n_best`` highest start positions are paired with the ``n_best`` highest
+    end positions; a pair is dropped when its start or end lies outside the document part (the
+    question, ``[CLS]``, ``[SEP]`` and padding have ``token_to_orig`` −1), when end < start, when
+    it spans more than ``max_answer_length`` tokens, or when its start token does not have its
+    maximal context in this feature (the end token is not checked). Scores are added in float64,
+    as the reference's Python floats are (a float32 sum can tie, or swap, spans that differ in the
+    last bits); equal scores keep feature order, then start rank, then end rank, as the
+    reference's stable sorts do.
+    """
+    candidates = []
+    for f in rows:
+        t2o, maxc = features.token_to_orig[f], features.max_context[f]
+        s_log = np.asarray(start_logits[f], dtype=np.float64)
+        e_log = np.asarray(end_logits[f], dtype=np.float64)
+        starts = np.argsort(-s_log, kind="stable")[:n_best]
+        ends = np.argsort(-e_log, kind="stable")[:n_best]
+        for s in starts:
+            if t2o[s] < 0 or not maxc[s]:
+                continue
+            for e in ends:
+                if t2o[e] < 0 or e < s or e - s + 1 > max_answer_length:
+                    continue
+                candidates.append((float(s_log[s] + e_log[e]), int(f), int(s), int(e)))
+    candidates.sort(key=lambda c: -c[0])
+    return candidates
+
+
+def span_text(
+    example: SquadExample, features: SquadFeatures, vocab: Sequence[str], f: int, s: int, e: int, lowercase: bool = True
+) -> str:
+    """The original-form text of tokens ``s..e`` of feature ``f``: the WordPieces joined (``##``
+    removed), then projected onto the example's original words by :func:`get_final_text`."""
+    pieces = [vocab[i] for i in features.input_ids[f, s : e + 1]]
+    tok_text = " ".join(pieces).replace(" ##", "").replace("##", "")
+    tok_text = " ".join(tok_text.strip().split())
+    words = example.doc_tokens[features.token_to_orig[f, s] : features.token_to_orig[f, e] + 1]
+    return get_final_text(tok_text, " ".join(words), lowercase)
+
+
 def postprocess(
     examples: Sequence[SquadExample],
     features: SquadFeatures,
@@ -420,33 +470,19 @@ def postprocess(
     max_answer_length: int = 30,
     lowercase: bool = True,
 ) -> dict[str, str]:
-    """Best answer text per question id from per-feature start/end logits (BERT's n-best search)."""
+    """Best answer text per question id from per-feature start/end logits: the text of the
+    highest-scoring span of :func:`candidate_spans`. A question without any valid span (or
+    without features) gets ``""``, on purpose: the reference writes the placeholder text
+    ``"empty"`` there, which reads like an answer (and matches a gold answer "empty")."""
     by_example: dict[int, list[int]] = collections.defaultdict(list)
     for f, e in enumerate(features.example_index):
         by_example[int(e)].append(f)
     predictions: dict[str, str] = {}
     for ex_i, ex in enumerate(examples):
-        candidates = []
-        for f in by_example.get(ex_i, []):
-            t2o, maxc = features.token_to_orig[f], features.max_context[f]
-            s_log, e_log = start_logits[f], end_logits[f]
-            starts = np.argsort(-s_log, kind="stable")[:n_best]
-            ends = np.argsort(-e_log, kind="stable")[:n_best]
-            for s in starts:
-                if t2o[s] < 0 or not maxc[s]:
-                    continue
-                for e in ends:
-                    if t2o[e] < 0 or e < s or e - s + 1 > max_answer_length:
-                        continue
-                    candidates.append((float(s_log[s] + e_log[e]), f, int(s), int(e)))
-        candidates.sort(key=lambda c: -c[0])
         answer = ""
-        for _, f, s, e in candidates:
-            pieces = [vocab[i] for i in features.input_ids[f, s : e + 1]]
-            tok_text = " ".join(pieces).replace(" ##", "").replace("##", "")
-            tok_text = " ".join(tok_text.strip().split())
-            orig = " ".join(ex.doc_tokens[features.token_to_orig[f, s] : features.token_to_orig[f, e] + 1])
-            answer = get_final_text(tok_text, orig, lowercase)
+        spans = candidate_spans(features, by_example.get(ex_i, []), start_logits, end_logits, n_best, max_answer_length)
+        for _, f, s, e in spans:
+            answer = span_text(ex, features, vocab, f, s, e, lowercase)
             if answer:
                 break
         predictions[ex.qas_id] = answer
