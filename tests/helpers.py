@@ -425,3 +425,69 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny classifier whose loss is a mean over rows (the default-path trainer tests)
+
+
+def tiny_classifier(seed: int = 0, dropout: float = 0.0, init: float = 0.02):
+    """A 1-layer sequence classifier (3 labels) and the hard-label objective training it: its
+    loss is the mean over rows of a per-row cross-entropy that padded keys cannot change.
+    ``init``: the weights' initial standard deviation (larger: logits far from uniform)."""
+    from bertdistill.model import BertForSequenceClassification
+    from bertdistill.objectives import SupervisedObjective
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=3,
+        initializer_range=init,
+    )
+    return SupervisedObjective(BertForSequenceClassification(config))
+
+
+def classifier_data(n: int = 23, length: int = 24, seed: int = 0):
+    """Labelled random ids of very different lengths (half 3 to 8, half 9 to ``length``, padding
+    at the end), so dynamic padding cuts micro-batches to different lengths (8, 16 or 24)."""
+    from bertdistill.train import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (n, length), generator=g)
+    short = torch.rand(n, generator=g) < 0.5
+    short_len, long_len = torch.randint(3, 9, (n,), generator=g), torch.randint(9, length + 1, (n,), generator=g)
+    lengths = torch.where(short, short_len, long_len)
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return TensorDataset({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
+
+
+def reference_mean_loss(objective, data, rows) -> torch.Tensor:
+    """The independent reference: the mean over ``rows`` of each row's loss, every row run on
+    its own at the data's full padded length (no trimming, no accumulation, no DDP, fp32)."""
+    losses = [objective(data.batch(torch.tensor([int(r)])), {})["loss"] for r in rows]
+    return torch.stack(losses).mean()
+
+
+def weight_hash_metric(student) -> float:
+    """A deterministic, irregular function of the weights in [0, 1): equal for bit-identical
+    weights, and almost surely different otherwise."""
+    total = sum(float(p.detach().double().sum()) for p in student.parameters())
+    return (total * 1e5) % 1.0
+
+
+# Dev scores by step for the keep-best tests: the best is step 4 (then lower), whatever the machine.
+SCRIPTED_SCORES = {1: 0.1, 2: 0.3, 3: 0.2, 4: 0.9, 5: 0.5, 6: 0.4, 7: 0.6, 8: 0.7, 9: 0.3, 10: 0.2}
+
+
+def scripted_metric(step: int, student) -> float:
+    """The dev "metric" of the keep-best tests: a scripted score by step (best at step 4) plus
+    1e-3 × :func:`weight_hash_metric`, so equal metrics also mean bit-identical weights."""
+    return SCRIPTED_SCORES.get(step, 0.0) + 1e-3 * weight_hash_metric(student)

@@ -178,6 +178,12 @@ def test_global_batch_size_does_not_depend_on_the_process_count(tmp_path, global
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_with_double_batch(tmp_path):
+    """Backbone losses (masking faithful), dynamic padding off: 2 processes × 4 equal 1 × 8 in
+    every loss term and the weights. Off on purpose: faithful losses average over padded
+    positions, so with dynamic padding (the default) each rank's own padded length changes the
+    loss; the default path is tested in test_train_default_path.py (classifier losses against a
+    single process, and 1-process accumulation against 2 processes in
+    test_global_batch_size_does_not_depend_on_the_process_count)."""
     pytest.importorskip("torch.distributed")
     args = ["--steps", "6", "--dropout", "0", "--no-dynamic-padding", "--optimizer", "adamw"]
     one = child(tmp_path / "one", *args, "--batch", "8")
@@ -232,6 +238,9 @@ def test_keep_best_selects_and_records(tmp_path):
 
 
 def test_gradient_accumulation_equals_bigger_batch(tmp_path):
+    """Backbone losses (masking faithful), dynamic padding off: 2 × 4 accumulated equal 1 × 8.
+    With dynamic padding (the default) they would not (each micro-batch's padded length enters
+    the faithful means); that path is tested in test_train_default_path.py."""
     runs = {}
     for name, (bs, accum) in {"big": (8, 1), "accum": (4, 2)}.items():
         objective, teacher = tiny_objective()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import signal
 import time
@@ -14,7 +16,7 @@ from bertdistill.checkpoints import save_model
 from bertdistill.data.stream import ShardStream
 from bertdistill.model import BertConfig, BertModel
 from bertdistill.objectives import BackboneLossConfig, BackboneObjective, make_projection
-from bertdistill.train import TensorDataset, TrainConfig, Trainer
+from bertdistill.train import TensorDataset, TrainConfig, Trainer, load_snapshot_file
 
 
 class Recording:
@@ -65,6 +67,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="the stream's background readers")
     # CPU by default: bit-identical resume and the gloo DDP comparison are CPU properties.
     p.add_argument("--device", default="cpu")
+    p.add_argument("--objective", default="backbone", choices=["backbone", "classifier"])
+    p.add_argument("--examples", type=int, default=40, help="classifier: examples in the data")
+    p.add_argument("--sgd", action="store_true", help="plain SGD at a constant lr 1, no clipping")
+    p.add_argument("--dump-steps", action="store_true", help="rank 0 saves the weights after each step")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate scripted_metric this often")
+    p.add_argument("--keep", default="last")
     a = p.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -118,10 +126,49 @@ def main() -> None:
         if step == a.term_group_at:  # every process of the job, the background reader included
             os.killpg(os.getpgrp(), signal.SIGTERM)
 
-    trainer = Trainer(cfg, out / "snapshots", log_csv=out / "train.csv", on_step=on_step)
-    trainer.fit(objective, data, teacher=teacher)
+    if a.objective == "classifier":
+        from helpers import classifier_data, tiny_classifier
+
+        objective, teacher, data = tiny_classifier(), None, classifier_data(a.examples)
+        student, projection = objective.student, None
+    if a.sgd:  # a wrong gradient scale shows in an SGD step (Adam's update is scale invariant)
+        import bertdistill.train
+
+        bertdistill.train.make_optimizer = lambda module, cfg, device: torch.optim.SGD(module.parameters(), lr=1.0)
+        cfg = dataclasses.replace(cfg, schedule="constant", lr=1.0, max_grad_norm=0.0)
+    cfg = dataclasses.replace(cfg, eval_every=a.eval_every, keep=a.keep)
+
+    # The step an evaluation belongs to: one past the last finished step (a resumed run starts at
+    # its snapshot's step).
+    snapshot = out / "snapshots" / "snapshot.pt"
+    progress = {"step": load_snapshot_file(snapshot)["step"] if snapshot.is_file() else 0}
+
+    def on_step_and_dump(step, terms):
+        progress["step"] = step
+        if a.dump_steps and int(os.environ.get("RANK", "0")) == 0:
+            torch.save({k: v.clone() for k, v in objective.state_dict().items()}, out / f"step{step}.pt")
+        on_step(step, terms)
+
+    evaluate = None
+    if a.eval_every:
+        from helpers import scripted_metric
+
+        def evaluate(model):
+            step = progress["step"] + 1
+            return {"metric": scripted_metric(step, model), "evaluated_step": step}
+
+    trainer = Trainer(cfg, out / "snapshots", log_csv=out / "train.csv", on_step=on_step_and_dump)
+    result = trainer.fit(objective, data, teacher=teacher, evaluate=evaluate)
     if trainer.dist.main:
-        save_model(student, out / "model", projection=projection, settings={"steps": a.steps}, overwrite=True)
+        if projection is None:
+            torch.save(objective.state_dict(), out / "objective.pt")
+        else:
+            save_model(student, out / "model", projection=projection, settings={"steps": a.steps}, overwrite=True)
+        (out / "selection.json").write_text(json.dumps(result.selection))
+    # What every rank ends with (under DDP all ranks should hold the same weights and selection).
+    rank = trainer.dist.rank
+    (out / f"selection_rank{rank}.json").write_text(json.dumps(result.selection))
+    torch.save(objective.state_dict(), out / f"final_rank{rank}.pt")
     trainer.clear_snapshots()
 
 

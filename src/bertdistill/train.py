@@ -567,7 +567,7 @@ class Trainer:
 
         ``evaluate(student)`` returns metrics with a ``metric`` key (higher is better); it runs on
         rank 0 every ``eval_every`` steps and at the end. With ``keep="best"`` the best
-        evaluated weights are loaded into the objective at the end.
+        evaluated weights are loaded into the objective at the end, on every rank.
         """
         start_time = time.time()
         # prepare: devices, wrappers, optimizer; resume from a snapshot of the same settings
@@ -780,8 +780,17 @@ class Trainer:
         _barrier(self.dist)
 
     def _select(self, run: _Run, objective: nn.Module) -> dict[str, Any]:
-        """Load the best evaluated weights (``keep="best"``) and say which step was kept."""
-        best = run.best
+        """Load the best evaluated weights (``keep="best"``) and say which step was kept.
+
+        Only rank 0 evaluates; under DDP it sends every rank its evaluation record and, with
+        ``keep="best"``, the best weights, so all ranks end with the same weights and selection
+        (before, the other ranks kept their last weights and reported no evaluation, unless the
+        run was resumed: then they loaded the best weights from the snapshot)."""
+        best, d = run.best, self.dist
+        if d.enabled:
+            shared = [best.record()]
+            dist.broadcast_object_list(shared, src=0)
+            best.metric, best.step, best.history = (shared[0][k] for k in ("metric", "step", "history"))
         selection = {
             "keep": self.cfg.keep,
             "best_step": best.step,
@@ -790,8 +799,13 @@ class Trainer:
             "final_step": run.step,
             "selected_step": run.step,
         }
-        if self.cfg.keep == "best" and best.weights is not None:
-            objective.load_state_dict(best.weights)
+        if self.cfg.keep == "best" and best.step is not None:
+            if d.main:
+                objective.load_state_dict(best.weights)
+            if d.enabled:
+                with torch.no_grad():
+                    for tensor in objective.state_dict().values():  # views of the parameters and buffers
+                        dist.broadcast(tensor, src=0)
             selection["selected_step"] = best.step
         objective.eval()
         return selection
@@ -893,7 +907,7 @@ class Trainer:
         run.step = run.resumed_from = snap["step"]
         run.best = Best(**snap["best"])
         run.skipped = snap.get("skipped", 0)
-        if run.best.step is not None and self.cfg.keep == "best":
+        if run.best.step is not None and self.cfg.keep == "best" and self.dist.main:  # rank 0 sends them at the end
             run.best.weights = load_snapshot_file(self.snapshot_dir / f"best_step{run.best.step}.pt")
         set_rng_state_plain(snap["rng"])
         where = snap["rng"].get("data_position")
