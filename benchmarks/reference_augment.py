@@ -1,11 +1,16 @@
 """A straightforward implementation of docs/reference.md#augmentation (TinyBERT/NVIDIA data_augmentation.py):
 per eligible word, re-tokenise the chunk, run one masked-LM forward with batch 1 (no
-``no_grad``, as the reference), or search all word vectors with numpy. Candidates are keyed by
-the word's index in the whole text (the reference's chunk-index bug fixed), so they compare
-one to one with ``bertdistill.augment``. Used by tests/test_augment.py and benchmarks/augment.py.
+``no_grad``, as the reference: every forward builds its autograd graph), or search all word
+vectors with numpy. ``no_grad=True`` wraps the forward in ``torch.no_grad()``, the one-line fix a
+user of the reference would make: benchmarks/augment.py reports that baseline too, so the speed-up
+is not only over the graph-building cost. Candidates are keyed by the word's index in the whole
+text (the reference's chunk-index bug fixed), so they compare one to one with
+``bertdistill.augment``. Used by tests/test_augment.py and benchmarks/augment.py.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -18,7 +23,8 @@ class NaiveReference:
     """docs/reference.md#augmentation as written: per word, re-tokenise, one MLM forward with batch 1, numpy
     neighbours; candidates keyed by the word's index in the whole text (chunk bug fixed)."""
 
-    def __init__(self, hf_mlm, vocab_file, words, vectors, m=15, max_len=512, device="cpu"):
+    def __init__(self, hf_mlm, vocab_file, words, vectors, m=15, max_len=512, device="cpu", no_grad=False):
+        self.no_grad = no_grad
         self.tok = BertTokenizerLegacy(str(vocab_file), do_lower_case=True)
         self.device = torch.device(device)
         self.mlm = hf_mlm.eval().to(self.device)
@@ -42,9 +48,10 @@ class NaiveReference:
         text = (word_pieces + ["[SEP]"] + tokenized[1:] + ["[SEP]"])[: self.max_len]
         ids = self.tok.convert_tokens_to_ids(text)
         segments = [0] * (n + 1) + [1] * (len(text) - n - 1)
-        logits = self.mlm(
-            torch.tensor([ids], device=self.device), token_type_ids=torch.tensor([segments], device=self.device)
-        ).logits[0, mask_id]
+        with torch.no_grad() if self.no_grad else contextlib.nullcontext():
+            logits = self.mlm(
+                torch.tensor([ids], device=self.device), token_type_ids=torch.tensor([segments], device=self.device)
+            ).logits[0, mask_id]
         top = torch.argsort(logits, descending=True)[: self.m].tolist()
         return [t for t in self.tok.convert_ids_to_tokens(top) if not t.startswith("##")]
 
