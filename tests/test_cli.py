@@ -389,3 +389,85 @@ def test_augmentation_through_the_cli(tmp_path):
     original, _ = read_sst2_tsv(data / "train.tsv")
     assert len(sentences) > len(original) and set(original) <= set(sentences)
     assert json.loads((tmp_path / "train_aug.tsv.stats.json").read_text())["texts"] == 12
+
+
+def test_inspect_describes_each_kind_of_file(tmp_path):
+    """`bertdistill inspect` on a model folder, its weights file, a pre-training shard, task features,
+    a teacher-logit cache, SQuAD JSON and a GLUE TSV: the shapes and counts the files really hold."""
+    import h5py
+
+    from bertdistill import stages
+    from helpers import task_teacher, write_id_shards, write_squad, write_sst2
+
+    teacher = task_teacher(tmp_path / "teacher", "classification")
+    shard = write_id_shards(tmp_path / "shards", [7])[0]
+    sst2, squad = write_sst2(tmp_path / "sst2", n_train=10, n_dev=4), write_squad(tmp_path / "squad")
+    stages.train_features("sst2", sst2 / "train.tsv", teacher, tmp_path / "f.hdf5", {"max_seq_length": 32})
+    stages.task_teacher_logits("sst2", teacher, tmp_path / "f.hdf5", tmp_path / "logits.hdf5", batch_size=4)
+    paths = [teacher, teacher / "model.safetensors", shard, tmp_path / "f.hdf5", tmp_path / "logits.hdf5"]
+    paths += [squad / "train-v1.1.json", sst2 / "train.tsv"]
+    r = run("inspect", *map(str, paths))
+    assert r.returncode == 0, r.stderr
+    outs = json.loads("[" + r.stdout.replace("}\n{", "},\n{") + "]")
+    model, weights, sh, feats, logits, sq, tsv = outs
+    config = json.loads((teacher / "config.json").read_text())
+    assert model["format"] == "model folder" and model["config"]["num_hidden_layers"] == config["num_hidden_layers"]
+    assert model["weights"]["layers"] == config["num_hidden_layers"] and model["weights"]["heads"] == ["classification"]
+    assert weights["parameters"] == model["weights"]["parameters"] > 0
+    with h5py.File(shard) as f:
+        assert sh["format"] == "pre-training shard" and sh["rows"] == 7 == len(f["input_ids"])
+    assert feats["format"] == "task features" and feats["rows"] == 10
+    assert feats["datasets"]["input_ids"]["shape"][1] <= 32
+    assert logits["format"] == "teacher-logit cache" and logits["datasets"]["teacher_logits"]["shape"] == [10, 2]
+    assert logits["attrs"]["teacher_mode"] == "eval" and len(logits["attrs"]["features_sha256"]) == 64
+    assert sq["format"] == "SQuAD v1.1 JSON" and sq["questions"] == 3 * sq["paragraphs"] > 0
+    assert tsv == {**tsv, "format": "GLUE TSV", "columns": ["sentence", "label"], "rows": 10}
+    bad = run("inspect", str(tmp_path / "nothing.hdf5"))
+    assert bad.returncode == 2 and "nothing.hdf5: no such file or folder" in bad.stderr
+
+
+def test_predict_classifies_like_transformers_and_answers_like_evaluation(tmp_path):
+    """`bertdistill predict`: a classifier's probabilities equal transformers' softmax on the same
+    folder and text (its own tokenizer); QA answers equal what the evaluation code answers for the
+    same questions in a SQuAD file, and come from the context."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertTokenizerFast
+
+    from bertdistill.checkpoints import load_model
+    from bertdistill.data.squad import load_squad_json
+    from bertdistill.settings import FeatureSettings
+    from bertdistill.tasks import build_task_features, get_task
+    from helpers import task_teacher, write_squad
+
+    clf = task_teacher(tmp_path / "clf", "classification")
+    texts = ["the music is great , a wonderful film", "dull and cold"]
+    r = run("predict", str(clf), "--text", texts[0], "--text", texts[1])
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    hf = AutoModelForSequenceClassification.from_pretrained(clf).eval()
+    tok = BertTokenizerFast(str(clf / "vocab.txt"), do_lower_case=True)
+    with torch.no_grad():
+        probs = hf(**tok(texts, padding=True, return_tensors="pt")).logits.softmax(-1)
+    for g, p in zip(got, probs, strict=True):
+        assert g["label_id"] == int(p.argmax())
+        assert list(g["probabilities"].values()) == pytest.approx(p.tolist(), abs=1e-5)
+
+    qa = task_teacher(tmp_path / "qa", "qa")
+    dev = write_squad(tmp_path / "squad") / "dev-v1.1.json"
+    records = [
+        {"question": q["question"], "context": p["context"]}
+        for a in load_squad_json(dev)
+        for p in a["paragraphs"]
+        for q in p["qas"]
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
+    r = run("predict", str(qa), "--input", str(tmp_path / "in.jsonl"), "--max-seq-length", "64", "--doc-stride", "16")
+    assert r.returncode == 0, r.stderr
+    answers = [json.loads(line)["answer"] for line in r.stdout.splitlines()]
+    settings = FeatureSettings(max_seq_length=64, doc_stride=16, max_query_length=64)
+    arrays, _ = build_task_features(get_task("squad"), dev, qa / "vocab.txt", False, settings)
+    _, expected = get_task("squad").evaluate(load_model(qa, head="qa"), arrays, dev, qa / "vocab.txt", 32, 20, 30)
+    assert answers == list(expected.values()) and len(answers) == len(records)
+    assert all(a in rec["context"] for a, rec in zip(answers, records, strict=True))
+    bad = run("predict", str(qa), "--text", "no question here")
+    assert bad.returncode == 2 and "needs 'question' and 'context'" in bad.stderr

@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="bertdistill",
         description="Distil a BERT teacher into a small student. Each stage below is also a Snakemake rule; "
-        "`bertdistill STAGE --help` lists its options.",
+        "`bertdistill STAGE --help` lists its options. `bertdistill inspect PATH` describes a file or "
+        "folder; `bertdistill predict FOLDER` answers or classifies with a final model.",
     )
     p.add_argument("--version", action="version", version=f"bertdistill {__version__}")
     sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -232,11 +233,87 @@ def stage_kwargs(entry: Stage, args: argparse.Namespace, parser: argparse.Argume
     return kwargs
 
 
+def _inspect(argv: Sequence[str]) -> int:
+    """``bertdistill inspect PATH...``: one JSON object per path (not a stage: it writes nothing)."""
+    from .inspection import inspect_path
+
+    p = argparse.ArgumentParser(
+        prog="bertdistill inspect",
+        description="What a model folder, checkpoint, HDF5 shard, feature file, teacher-logit cache, Parquet "
+        "shard, SQuAD JSON or GLUE TSV is: format, shapes, config, counts.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    args = p.parse_args(argv)
+    status = 0
+    for path in args.paths:
+        try:
+            print(json.dumps(inspect_path(path), indent=2))
+        except ValueError as e:  # CheckpointError, TaskError, SquadError: one line naming the file
+            print(f"bertdistill inspect: error: {e}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def _predict(argv: Sequence[str]) -> int:
+    """``bertdistill predict FOLDER``: answers (QA) or labels (classification), one JSON per line."""
+    from .predict import predict, read_inputs
+
+    p = argparse.ArgumentParser(
+        prog="bertdistill predict",
+        description="Answer questions over a context, or classify texts, with a final model folder "
+        "(results/{task}_final). Inputs from options or a JSONL/TSV file; one JSON object per line out.",
+    )
+    p.add_argument("model", type=Path, help="a final model folder with its task head")
+    p.add_argument("--question", help="QA: the question (with --context)")
+    p.add_argument("--context", help="QA: the paragraph to answer from")
+    p.add_argument("--text", action="append", default=[], help="classification: a text (repeat for several)")
+    p.add_argument("--text-b", help="classification: the second text of a pair (with one --text)")
+    p.add_argument("--input", type=Path, help="JSONL ({question, context} or {text[, text_b]}) or TSV with a header")
+    p.add_argument("--max-seq-length", type=int, help="tokens per window (default: QA 384, classification 128)")
+    p.add_argument("--doc-stride", type=int, default=128, help="QA: stride between context windows")
+    p.add_argument("--max-query-length", type=int, default=64, help="QA: question tokens kept at most")
+    p.add_argument("--n-best", type=int, default=20, help="QA: start/end candidates searched per window")
+    p.add_argument("--max-answer-length", type=int, default=30, help="QA: longest answer in tokens")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cased", action="store_true", help="do not lower-case (cased vocabularies)")
+    args = p.parse_args(argv)
+    try:
+        records: list[dict] = read_inputs(args.input) if args.input else []
+        if args.question or args.context:
+            records.append({"question": args.question, "context": args.context})
+        if args.text_b and len(args.text) != 1:
+            p.error("--text-b pairs with exactly one --text")
+        records += [{"text": t, **({"text_b": args.text_b} if args.text_b else {})} for t in args.text]
+        if not records:
+            p.error("give --question and --context, --text, or --input")
+        results = predict(
+            args.model,
+            records,
+            args.max_seq_length,
+            args.doc_stride,
+            args.max_query_length,
+            args.n_best,
+            args.max_answer_length,
+            args.batch_size,
+            lowercase=not args.cased,
+        )
+    except ValueError as e:  # CheckpointError and our input errors: one line naming the file
+        print(f"bertdistill predict: error: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(json.dumps(r, ensure_ascii=False))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [WORKER]:  # a torchrun worker: the stage's plain keyword arguments in a JSON file
         STAGES[argv[1]].call(**json.loads(Path(argv[2]).read_text()))
         return 0
+    if argv[:1] == ["inspect"]:
+        return _inspect(argv[1:])
+    if argv[:1] == ["predict"]:
+        return _predict(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     entry = STAGES[args._stage]
