@@ -211,6 +211,8 @@ def final_inputs(wildcards):
     if has_test(task):
         inputs["test_features"] = f"results/{task}/features/test.hdf5"
         inputs["test"] = task_split_path(task, "test")
+    if config["tasks"][task]["no_distillation"]["enabled"]:
+        inputs["no_distillation"] = f"results/{task}/no_distillation"
     return inputs
 
 

@@ -1,4 +1,6 @@
-"""Per task: backbone (intermediate-layer) distillation, then prediction-layer distillation."""
+"""Per task: backbone (intermediate-layer) distillation, then prediction-layer distillation; and
+the no-distillation baseline (the same student initialisation fine-tuned on plain labels).
+"""
 
 
 rule task_backbone:
@@ -55,5 +57,38 @@ rule task_prediction:
         n_best=lambda wc: config["tasks"][wc.task]["n_best"],
         max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
         snapshot_dir="results/{task}/.prediction.snapshots",
+    script:
+        "../scripts/run_stage.py"
+
+
+rule task_baseline:
+    input:
+        teacher=task_init_dir,
+        features="results/{task}/features/train.hdf5",
+        dev_features="results/{task}/features/dev.hdf5",
+        dev=task_data("dev"),
+    output:
+        output=directory("results/{task}/no_distillation"),
+    log:
+        "logs/{task}/no_distillation.log",
+    benchmark:
+        "logs/timing/{task}/no_distillation.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: lambda wc: config["tasks"][wc.task]["prediction"]["threads"]
+    resources:
+        gpu=lambda wc: config["tasks"][wc.task]["no_distillation"]["gpus"],
+        mem_mb=16000,
+        runtime=attempt_runtime(
+            lambda wc: config["tasks"][wc.task]["prediction"]["runtime"]
+        ),
+        # an evaluation setting, not a param: changing it never reruns the job
+        eval_batch_size=lambda wc: config["tasks"][wc.task]["eval_batch_size"],
+    params:
+        # the prediction stage's budget and settings: the one thing that differs is the teacher
+        train=lambda wc: config["tasks"][wc.task]["prediction"]["train"],
+        n_best=lambda wc: config["tasks"][wc.task]["n_best"],
+        max_answer_length=lambda wc: config["tasks"][wc.task]["max_answer_length"],
+        snapshot_dir="results/{task}/.no_distillation.snapshots",
     script:
         "../scripts/run_stage.py"

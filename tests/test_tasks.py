@@ -100,6 +100,19 @@ def test_task_stages_end_to_end(tmp_path, task):
         max_answer_length=30,
         teacher_logits=tmp_path / "logits.hdf5",
     )
+    # The no-distillation baseline: the general student fine-tuned on the labels, same budget.
+    stages.finetune_teacher(
+        task,
+        general,
+        tmp_path / "f/train.hdf5",
+        tmp_path / "f/dev.hdf5",
+        dev,
+        tmp_path / "baseline",
+        train={"epochs": 2, "batch_size": 8, "lr": 3e-5, "eval_every": 2, "keep": "best"},
+        eval_batch_size=64,
+        n_best=20,
+        max_answer_length=30,
+    )
     metrics = stages.task_final(
         task,
         tmp_path / "prediction",
@@ -113,20 +126,25 @@ def test_task_stages_end_to_end(tmp_path, task):
         backbone=tmp_path / "backbone",
         test_features=tmp_path / "f/test.hdf5",
         test=test,
+        no_distillation=tmp_path / "baseline",
     )
     key = "accuracy" if task == "sst2" else "f1"
     assert metrics["split"] == "test" and set(metrics["dev"]) >= {"student", "teacher", "retention", "baseline"}
     assert set(metrics["student"]) >= {key} and set(metrics["teacher"]) >= {key}
     assert metrics["student_parameters"] < metrics["teacher_parameters"]
-    assert set(metrics["stage_wall_s"]) == {"backbone", "prediction"}
+    assert set(metrics["stage_wall_s"]) == {"backbone", "prediction", "no_distillation"}
     assert metrics["checkpoint_selection"]["keep"] == "best"
+    assert metrics["no_distillation_selection"]["keep"] == "best"
     assert key in metrics["baseline"] and 0 <= metrics["baseline"][key] <= 100
+    for split in (metrics, metrics["dev"]):
+        gain = split["student"][key] - split["no_distillation"][key]
+        assert split["distillation_gain"] == pytest.approx(gain)
     saved = json.loads((tmp_path / "final/metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert load_model(tmp_path / "final", head=head).config.hidden_size == 16
     preds = json.loads((tmp_path / "final/predictions.json").read_text())
-    assert preds["split"] == "test" and set(preds["dev"]) == {"student", "teacher"}
-    for side in ("student", "teacher"):
+    assert preds["split"] == "test" and set(preds["dev"]) == {"student", "teacher", "no_distillation"}
+    for side in ("student", "teacher", "no_distillation"):
         assert _recomputed(task, test, preds[side]) == pytest.approx(metrics[side][key])
         assert _recomputed(task, dev, preds["dev"][side]) == pytest.approx(metrics["dev"][side][key])
         if task == "squad":  # test ids are the test file's own

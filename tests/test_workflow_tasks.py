@@ -82,7 +82,7 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     assert jobs["task_prediction"] == 2 and jobs["task_final"] == 2 and jobs["general_phase2"] == 1
     assert jobs["augment_shard"] == 4 and jobs["augment_gather"] == 2 and jobs["word_vectors"] == 1
     assert jobs["export_onnx"] == 2 and jobs["inference_benchmark"] == 1
-    assert jobs["test_features"] == 2 and jobs["split_dev"] == 1
+    assert jobs["test_features"] == 2 and jobs["split_dev"] == 1 and jobs["task_baseline"] == 2
 
     smk(wd, "--cores", "2")  # the default target: everything, the benchmark included
     carved = {s: read_sst2_tsv(wd / f"results/sst2/data/{s}.tsv")[0] for s in ("train", "dev")}
@@ -97,7 +97,7 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
         # Test reported, dev beside it; every figure follows from predictions.json and the data.
         preds = json.loads((final / "predictions.json").read_text())
         assert metrics["split"] == preds["split"] == "test"
-        for side in ("student", "teacher"):
+        for side in ("student", "teacher", "no_distillation"):
             assert recomputed(task, tests[task], preds[side]) == pytest.approx(metrics[side][key])
             assert recomputed(task, devs[task], preds["dev"][side]) == pytest.approx(metrics["dev"][side][key])
         assert {"general_phase1", "backbone", "prediction", "features"} <= set(metrics["stage_wall_s"])

@@ -220,7 +220,7 @@ def _task_dataset(features: Path, logits: Path | None = None, keys: tuple[str, .
     return TensorDataset(tensors)
 
 
-@stage("finetune", rules=("finetune_teacher",), distributed=True)
+@stage("finetune", rules=("finetune_teacher", "task_baseline"), distributed=True)
 def finetune_teacher(
     task: TaskName,
     teacher: Path,
@@ -234,13 +234,15 @@ def finetune_teacher(
     max_answer_length: int,
     snapshot_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune a base teacher on a task's hard labels (a new classification or start/end head),
-    keeping the best dev checkpoint; the dev metric is recorded in ``distill.json``.
+    """Fine-tune a model on a task's hard labels (a new classification or start/end head),
+    keeping the best dev checkpoint; the dev metric is recorded in ``distill.json``. Rule
+    finetune_teacher fine-tunes the base teacher; rule task_baseline fine-tunes the general student
+    with the prediction stage's settings: the no-distillation baseline.
 
     Args:
         task: the task
-        teacher: the base teacher's folder
-        features: training features (the original data, not an augmented copy)
+        teacher: the model to fine-tune (the base teacher, or the general student for the baseline)
+        features: training features
         dev_features: dev features
         dev: dev data
         output: the fine-tuned teacher's folder
@@ -446,6 +448,7 @@ def task_final(
     backbone: Path | None = None,
     test_features: Path | None = None,
     test: Path | None = None,
+    no_distillation: Path | None = None,
 ) -> dict[str, Any]:
     """``results/{task}_final``: the student with its head, ``metrics.json`` (student and teacher
     metrics by the same code, the trivial baseline, sizes, retention, wall time per stage) and
@@ -470,11 +473,13 @@ def task_final(
         backbone: the backbone stage's folder (for its wall time)
         test_features: test features (the reported split; none: dev is reported)
         test: test data
+        no_distillation: the no-distillation baseline's folder (task_baseline), evaluated beside the student
     """
     t = get_task(task)
     vocab = teacher / VOCAB_NAME
     s_model = load_model(student, head=t.head)
     t_model = load_model(teacher, head=t.head)
+    b_model = load_model(no_distillation, head=t.head) if no_distillation is not None else None
     key = t.metric
     splits = {"dev": (dev_features, dev)}
     if test_features is not None and test is not None:
@@ -493,12 +498,18 @@ def task_final(
             "examples": len(s_preds),
         }
         predictions[name] = {"student": s_preds, "teacher": t_preds}
+        if b_model is not None:
+            b_metrics, b_preds = t.evaluate(b_model, arrays, data, vocab, eval_batch_size, n_best, max_answer_length)
+            results[name]["no_distillation"] = b_metrics
+            results[name]["distillation_gain"] = s_metrics[key] - b_metrics[key]
+            predictions[name]["no_distillation"] = b_preds
     reported = "test" if "test" in results else "dev"
     stages = {
         **{f"general_{Path(p).name}": p for p in general or []},
         "features": features,
         "backbone": backbone,
         "prediction": student,
+        "no_distillation": no_distillation,
     }
     wall = {}
     for name, path in stages.items():  # model folders (distill.json) or HDF5 files (attrs)
@@ -519,6 +530,11 @@ def task_final(
         "teacher_parameters": t_model.num_parameters(),
         "stage_wall_s": wall,
         "checkpoint_selection": record.get("selection"),
+        **(
+            {"no_distillation_selection": json.loads((no_distillation / "distill.json").read_text()).get("selection")}
+            if no_distillation is not None and (no_distillation / "distill.json").is_file()
+            else {}
+        ),
         **_teacher_logits_record(record),
     }
     tmp = output.with_name(f".{output.name}.tmp")
