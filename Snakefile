@@ -36,6 +36,7 @@ include: "rules/tasks.smk"
 include: "rules/distill.smk"
 include: "rules/evaluate.smk"
 include: "rules/deploy.smk"
+include: "rules/report.smk"
 
 
 # On SLURM, before anything is submitted: no CHANGE_ME left in the profile, and no job asking for
@@ -44,7 +45,11 @@ if slurm_requested(sys.argv):
     check_slurm(*slurm_settings())
 
 
+report: "report/workflow.rst"
+
+
 rule all:
     default_target: True
     input:
         all_targets(),
+        report_targets(),

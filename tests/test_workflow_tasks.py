@@ -3,7 +3,9 @@ task (registered, not special-cased) end to end; then no-op and targeted reruns.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 
 import pytest
 import yaml
@@ -20,6 +22,22 @@ def recomputed(task: str, data, predictions) -> float:
         return squad_v11_metrics(load_squad_json(data), predictions)["f1"]
     labels = read_sst2_tsv(data)[1]
     return 100.0 * sum(int(p == y) for p, y in zip(predictions, labels, strict=True)) / len(labels)
+
+
+def report_scripts(path) -> dict[str, object]:
+    """The data a `snakemake --report` HTML embeds: results (files with captions and contents),
+    categories, the rule graph and job runtimes (the page renders them with vega)."""
+    page = path.read_text()
+    out = {}
+    for name in ("results", "categories", "rulegraph", "runtimes"):
+        found = re.search(rf'<script id="{name}">\s*var \w+ = (.*?);\s*</script>', page, re.S)
+        assert found, f"{path}: no {name} in the report"
+        out[name] = json.loads(found.group(1))
+    return out
+
+
+def embedded(result: dict) -> str:
+    return base64.b64decode(result["data_uri"].split("base64,", 1)[1]).decode()
 
 
 @pytest.mark.slow
@@ -83,6 +101,9 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     assert jobs["augment_shard"] == 4 and jobs["augment_gather"] == 2 and jobs["word_vectors"] == 1
     assert jobs["export_onnx"] == 2 and jobs["inference_benchmark"] == 1
     assert jobs["test_features"] == 2 and jobs["split_dev"] == 1 and jobs["task_baseline"] == 2
+    # Curves of both general phases and of each task's backbone, prediction and baseline stages.
+    assert jobs["report_training_curves"] == 8 and jobs["report_metrics"] == 1 and jobs["report_speed"] == 1
+    assert jobs["report_augmentation"] == 1
 
     smk(wd, "--cores", "2")  # the default target: everything, the benchmark included
     carved = {s: read_sst2_tsv(wd / f"results/sst2/data/{s}.tsv")[0] for s in ("train", "dev")}
@@ -137,16 +158,39 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     cells = {(r["pair"], r["backend"], r["batch"]) for r in summary["results"]}
     assert {(p, b, n) for p in ("squad", "sst2", "toy") for b in ("torch", "ort", "ort-int8") for n in (1, 4)} <= cells
 
+    # The HTML report of the finished run: the metrics table, the curves, the rule graph, runtimes.
+    smk(wd, "--report", "report.html")
+    data = report_scripts(wd / "report.html")
+    results = data["results"]
+    table = embedded(results["results/report/metrics.html"])
+    for task in ("squad", "sst2"):
+        m = json.loads((wd / f"results/{task}_final/metrics.json").read_text())
+        key = m["metric"]
+        for side in ("student", "teacher", "no_distillation"):
+            assert f"<td>{m[side][key]:.1f}" in table  # the test score as metrics.json has it
+        assert f"<td>{100 * m['retention']:.1f}</td>" in table
+    assert "no distillation (same student, labels only)" in table and "student INT8 (ONNX)" in table
+    curves = [k for k, v in results.items() if k.startswith("results/report/training/")]
+    assert len(curves) == 8 and all(results[k]["mime_type"] == "image/svg+xml" for k in curves)
+    assert "sst2 prediction" in embedded(results["results/report/training/sst2_prediction.svg"])
+    assert "loss" in embedded(results["results/report/training/general_phase1.svg"])
+    assert "toy (shape)" in embedded(results["results/report/speed.html"])
+    graph = {n["rule"] for d in data["rulegraph"]["data"] if d["name"] == "node-data" for n in d["values"]}
+    assert {"general_phase1", "task_backbone", "task_final", "export_onnx", "report_metrics"} <= graph
+    runtimes = {r["rule"] for r in data["runtimes"]["data"]["values"]}
+    assert {"task_prediction", "inference_benchmark"} <= runtimes
+
     again = smk(wd, "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
-    # A benchmark setting reruns the benchmark only.
+    # A benchmark setting reruns the benchmark and what shows it only.
     config["benchmark"]["iterations"] = 3
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
-    assert planned_jobs(smk(wd, "-n", "--cores", "2")) == {"inference_benchmark": 1, "all": 1}
+    rerun = {"inference_benchmark": 1, "report_speed": 1, "all": 1}
+    assert planned_jobs(smk(wd, "-n", "--cores", "2")) == rerun
     # An evaluation batch size is not a param of any job: it never retrains the teacher (it did).
     config["tasks"]["sst2"]["eval_batch_size"] = 7
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
-    assert planned_jobs(smk(wd, "-n", "--cores", "2")) == {"inference_benchmark": 1, "all": 1}
+    assert planned_jobs(smk(wd, "-n", "--cores", "2")) == rerun
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from .augment import adapt_mlm, augment_gather, augment_shard
 from .deploy import benchmark, export
 from .pretraining import corpus, general_distill, shard
 from .registry import STAGES, Stage, StageError, for_rule, stage
+from .report import augmentation_report, metrics_table, speed_report, training_curves
 from .tasks import (
     finetune_teacher,
     heldout_features,
@@ -33,6 +34,7 @@ __all__ = [
     "adapt_mlm",
     "augment_gather",
     "augment_shard",
+    "augmentation_report",
     "benchmark",
     "corpus",
     "describe_model",
@@ -41,8 +43,10 @@ __all__ = [
     "finetune_teacher",
     "general_distill",
     "heldout_features",
+    "metrics_table",
     "import_teacher",
     "shard",
+    "speed_report",
     "split_dev",
     "sst2_data",
     "squad_cloze",
@@ -52,5 +56,6 @@ __all__ = [
     "task_prediction",
     "task_teacher_logits",
     "train_features",
+    "training_curves",
     "word_vectors",
 ]
