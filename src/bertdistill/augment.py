@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .logs import progress
 from .settings import AugmentSettings
 
 # TinyBERT's hard-coded list: NLTK's English stop words without what/which/who/whom/when/where/
@@ -239,6 +240,7 @@ class Augmentor:
 
     @torch.inference_mode()
     def _run_mlm(self, jobs, results: list[TextCandidates]) -> None:
+        bar = progress(sum(len(items) for items in jobs.values()), "MLM candidates", "word")
         for length, items in jobs.items():
             per_batch = max(1, self.s.max_batch_tokens // length)
             for b in range(0, len(items), per_batch):
@@ -257,6 +259,10 @@ class Augmentor:
                     ti, gi = it[0], it[1]
                     results[ti].candidates[gi] = words or [results[ti].words[gi]]
                     results[ti].mlm_words += 1
+                if bar:
+                    bar.update(len(part))
+        if bar:
+            bar.close()
 
 
 def generate(text: str, cand: TextCandidates, settings: AugmentSettings, text_index: int) -> list[str]:

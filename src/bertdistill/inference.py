@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from .logs import progress
+
 
 def model_inputs(arrays: Mapping[str, np.ndarray], idx: slice | np.ndarray) -> dict[str, torch.Tensor]:
     return {
@@ -31,6 +33,7 @@ def predict_logits(
     lengths = arrays["attention_mask"].sum(1)
     order = np.argsort(-lengths, kind="stable") if trim else np.arange(n)
     out = []
+    bar = progress(n, "inference", "seq")
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         batch = model_inputs(arrays, idx)
@@ -47,6 +50,10 @@ def predict_logits(
         else:
             logits = res.logits.float().cpu()
         out.append(logits.numpy())
+        if bar:
+            bar.update(len(idx))
+    if bar:
+        bar.close()
     model.train(was_training)
     if not out:
         return np.zeros((0,))

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -35,3 +36,16 @@ def log_to(path: str | Path | None) -> Iterator[logging.Logger]:
         finally:
             sys.stderr = old_stderr
             logger.removeHandler(handler)
+
+
+def progress(total: int, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True) -> Any:
+    """A progress bar on stderr (the rule's log): rate and ETA, refreshed at most every 5 s so a
+    log stays readable. ``None`` when disabled (ranks other than 0) or tqdm is missing; callers
+    write ``if bar: bar.update(n)``."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, mininterval=5)

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .logs import progress
 from .settings import SettingsError, TrainConfig
 
 log = logging.getLogger("bertdistill.train")
@@ -974,10 +975,4 @@ class _CsvLog:
 
 
 def _progress(total: int, initial: int, main: bool):
-    if not main:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, mininterval=5)
+    return progress(total, "train", "step", initial=initial, enabled=main)
