@@ -28,6 +28,32 @@ def test_tsv_round_trip(tmp_path):
         read_sst2_tsv(tmp_path / "bad.tsv")
 
 
+def test_label_names_follow_each_task_class_order(tmp_path):
+    """Models name their classes as GLUE orders them: an RTE/QNLI file's `entailment` row reads as
+    class 0, which is named entailment; SST-2 0/1 are negative/positive; SQuAD has no classes."""
+    from bertdistill.data.glue import GlueFormat, write_glue_tsv
+    from bertdistill.tasks import TASKS, GlueTask
+
+    expected = {
+        "sst2": ("negative", "positive"),
+        "mrpc": ("not_equivalent", "equivalent"),
+        "rte": ("entailment", "not_entailment"),
+        "qnli": ("entailment", "not_entailment"),
+        "qqp": ("not_duplicate", "duplicate"),
+        "squad": (),
+    }
+    assert {name: t.label_names for name, t in TASKS.items()} == expected
+    for name in ("rte", "qnli"):
+        t = TASKS[name]
+        rows = [("a", "b"), ("c", "d")]
+        write_glue_tsv(tmp_path / f"{name}.tsv", t.fmt, rows, [1, 0])
+        lines = (tmp_path / f"{name}.tsv").read_text().splitlines()
+        assert lines[1].endswith("\tnot_entailment") and lines[2].endswith("\tentailment")
+        assert [t.label_names[y] for y in t.read(tmp_path / f"{name}.tsv").labels] == ["not_entailment", "entailment"]
+    with pytest.raises(ValueError, match="1 label names for 2 labels"):
+        GlueTask("x", GlueFormat(("sentence",)), ("only",))
+
+
 def _test_split(task: str, dev: Path, folder: Path) -> Path:
     """A test file distinct from dev (ids and order changed), in the task's format."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ class Task(Protocol):
     head: str  # model head: "classification" or "qa"
     metric: str  # the dev metric that selects checkpoints and gives retention
     num_labels: int
+    label_names: tuple[str, ...]  # class names in class-index order (config.json id2label); empty for QA
     data_ext: str  # file extension of the training data (and of its augmented copy)
     feature_defaults: Mapping[str, Any]
 
@@ -106,14 +107,29 @@ def _augmented_count(n: int, settings: AugmentSettings) -> int:
 
 @dataclass(frozen=True)
 class GlueTask:
-    """A GLUE-style classification task: one text column or a pair, a label column in a TSV."""
+    """A GLUE-style classification task: one text column or a pair, a label column in a TSV.
+
+    ``label_names`` are what a saved model calls its classes (config.json ``id2label``), in
+    class-index order; unset, the label strings of the data (``fmt.labels``), which for most
+    GLUE tasks are ``0``/``1`` and say nothing to a user of the model.
+    """
 
     name: str
     fmt: glue.GlueFormat
+    label_names: tuple[str, ...] = ()
     max_seq_length: int = 128
     head: str = "classification"
     metric: str = "accuracy"
     data_ext: str = "tsv"
+
+    def __post_init__(self) -> None:
+        if not self.label_names:
+            object.__setattr__(self, "label_names", tuple(self.fmt.labels))
+        if len(self.label_names) != len(self.fmt.labels):
+            raise ValueError(
+                f"task {self.name}: {len(self.label_names)} label names for {len(self.fmt.labels)} labels "
+                f"{list(self.fmt.labels)}; give one name per label, in the same order"
+            )
 
     @property
     def num_labels(self) -> int:
@@ -177,6 +193,7 @@ class SquadTask:
     head: str = "qa"
     metric: str = "f1"
     num_labels: int = 2  # start and end
+    label_names: tuple[str, ...] = ()  # spans, not classes
     data_ext: str = "json"
     feature_defaults: Mapping[str, Any] = dataclasses.field(
         default_factory=lambda: {"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64}
@@ -284,15 +301,17 @@ def _check_examples(
 
 
 # GLUE's layouts (header names as GLUE ships them); N rounds of augmentation per task are
-# TinyBERT's: SST-2 20, MRPC 30, RTE 30, QNLI 20, QQP 10 (set `augment.n` per task).
+# TinyBERT's: SST-2 20, MRPC 30, RTE 30, QNLI 20, QQP 10 (set `augment.n` per task). Label names
+# follow GLUE's own class order: SST-2 0 = negative, MRPC and QQP 0 = not equivalent / not a
+# duplicate; RTE and QNLI write their labels out, entailment first.
 _ENTAILMENT = ("entailment", "not_entailment")
 TASKS: dict[str, Task] = {
     "squad": SquadTask(),
-    "sst2": GlueTask("sst2", glue.SST2),
-    "mrpc": GlueTask("mrpc", glue.GlueFormat(("#1 String", "#2 String"), "Quality")),
+    "sst2": GlueTask("sst2", glue.SST2, ("negative", "positive")),
+    "mrpc": GlueTask("mrpc", glue.GlueFormat(("#1 String", "#2 String"), "Quality"), ("not_equivalent", "equivalent")),
     "rte": GlueTask("rte", glue.GlueFormat(("sentence1", "sentence2"), "label", _ENTAILMENT)),
     "qnli": GlueTask("qnli", glue.GlueFormat(("question", "sentence"), "label", _ENTAILMENT)),
-    "qqp": GlueTask("qqp", glue.GlueFormat(("question1", "question2"), "is_duplicate")),
+    "qqp": GlueTask("qqp", glue.GlueFormat(("question1", "question2"), "is_duplicate"), ("not_duplicate", "duplicate")),
 }
 
 
@@ -386,6 +405,22 @@ def read_h5(
             return {k: _read_dataset(f, k, path) for k in f}, dict(f.attrs)
     except OSError as e:  # opening, or the file's metadata (a damaged dataset is a TaskError of its own)
         raise TaskError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def features_lowercase(path: str | Path) -> bool | None:
+    """Whether a feature file's text was lower-cased before WordPiece (its recorded settings):
+    what a model trained on it expects of its tokenizer. ``None`` when the file does not say."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            settings = f.attrs.get("settings")
+    except OSError:
+        return None
+    if settings is None:
+        return None
+    value = json.loads(settings).get("lowercase") if isinstance(settings, str) else None
+    return None if value is None else bool(value)
 
 
 def _read_dataset(f, name: str, path: Path) -> np.ndarray:
