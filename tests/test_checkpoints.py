@@ -110,6 +110,9 @@ def test_save_then_load_with_transformers(tmp_path, head, auto):
         "distill.json",
         "model.safetensors",
         "projection.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
         "vocab.txt",
     ]
     hf = auto.from_pretrained(folder, attn_implementation="eager").eval()
@@ -252,6 +255,69 @@ def test_save_refuses_to_replace_a_finished_model(tmp_path):
     with pytest.raises(FileExistsError):
         save_model(ours, tmp_path / "m")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp")]
+
+
+def _cased_vocab(path: Path) -> Path:
+    """A cased WordPiece vocab: upper- and lower-case forms of a word, an accented word."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Hello", "hello", "Café", "cafe", "world", "!"]
+    path.write_text("\n".join(words) + "\n")
+    return path
+
+
+def test_saved_folder_tokenizes_as_the_model_was_trained(tmp_path):
+    """The tokenizer files follow the model's lower-casing: a cased vocab is saved cased (its
+    upper-case pieces say so), an explicit setting wins, and a folder saved from a loaded model
+    keeps its source's setting. transformers' AutoTokenizer then gives our WordPiece's ids, and
+    model_max_length is the position count."""
+    from bertdistill.tokenization import load_tokenizer
+
+    vocab = _cased_vocab(tmp_path / "vocab.txt")
+    ours = build_model(BertConfig(vocab_size=11, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=16, max_position_embeddings=24), "classification")  # fmt: skip
+    cased = save_model(ours, tmp_path / "cased", vocab=vocab)
+    uncased = save_model(ours, tmp_path / "uncased", vocab=vocab, lowercase=True)
+    inherited = save_model(load_model(cased, head="classification"), tmp_path / "inherited")
+    texts = ["Hello world!", "hello Café", "HELLO cafe"]
+    for folder, lowercase in ((cased, False), (uncased, True), (inherited, False)):
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        assert config["do_lower_case"] is lowercase and config["model_max_length"] == 24
+        tok = transformers.AutoTokenizer.from_pretrained(folder)
+        reference = load_tokenizer(vocab, lowercase=lowercase)
+        assert [tok(t)["input_ids"] for t in texts] == [reference.encode(t).ids for t in texts]
+        assert tok.model_max_length == 24
+    tok = transformers.AutoTokenizer.from_pretrained(cased)
+    assert tok("Hello")["input_ids"] != tok("hello")["input_ids"]
+    tok = transformers.AutoTokenizer.from_pretrained(uncased)
+    assert tok("Hello Café")["input_ids"] == tok("hello cafe")["input_ids"]
+    special = json.loads((cased / "special_tokens_map.json").read_text())
+    assert special == {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]",
+                       "unk_token": "[UNK]"}  # fmt: skip
+
+
+def test_saved_config_names_the_labels_and_no_other_model(tmp_path):
+    """A source config's _name_or_path and transformers_version do not survive a save; labels given
+    are id2label/label2id, and a classifier without them gets LABEL_i rather than a source's labels
+    for another number of classes."""
+    torch.manual_seed(0)
+    hf = transformers.BertForSequenceClassification(hf_config(num_labels=3)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf/config.json").read_text())
+    config["_name_or_path"] = "someone/another-model"
+    (tmp_path / "hf/config.json").write_text(json.dumps(config))
+    model = load_model(tmp_path / "hf", head="classification")
+    saved = json.loads((save_model(model, tmp_path / "a") / "config.json").read_text())
+    assert "_name_or_path" not in saved and "transformers_version" not in saved
+    assert saved["id2label"] == {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}
+    saved = json.loads((save_model(model, tmp_path / "b", labels=["x", "y", "z"]) / "config.json").read_text())
+    assert saved["id2label"] == {"0": "x", "1": "y", "2": "z"} and saved["label2id"] == {"x": 0, "y": 1, "z": 2}
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "b").id2label == {0: "x", 1: "y", 2: "z"}
+    with pytest.raises(CheckpointError, match="2 label names .* classifier of 3 classes"):
+        save_model(model, tmp_path / "c", labels=["x", "y"])
+    # A 2-class head on the 3-class source's config (its id2label kept in the config's extras).
+    two = build_model(BertConfig.from_dict({**model.config.to_dict(), "num_labels": 2}), "classification")
+    assert len(two.config.extra["id2label"]) == 3
+    saved = json.loads((save_model(two, tmp_path / "d") / "config.json").read_text())
+    assert saved["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"} and saved["num_labels"] == 2
 
 
 def test_init_from_teacher_layers_equals_the_truncated_teacher(tmp_path):

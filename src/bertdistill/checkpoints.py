@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,24 @@ VOCAB_NAME = "vocab.txt"
 PROJECTION_NAME = "projection.safetensors"
 NVIDIA_PROJECTION_NAME = "project.bin"
 SETTINGS_NAME = "distill.json"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_NAME = "special_tokens_map.json"
+TOKENIZER_NAME = "tokenizer.json"
+# The tokenizer files a saved folder carries (with vocab.txt), so that transformers' AutoTokenizer
+# loads it with the model's own lower-casing and length limit instead of its defaults.
+TOKENIZER_FILES = (TOKENIZER_CONFIG_NAME, SPECIAL_TOKENS_MAP_NAME, TOKENIZER_NAME)
+# config.json keys a source checkpoint carries that would be false in a folder we write: the name
+# of the model it was made from (Hugging Face shows it as this model's origin) and the library
+# version that wrote it.
+FOREIGN_CONFIG_KEYS = ("_name_or_path", "name_or_path", "transformers_version")
+# Special tokens by the role Hugging Face's tokenizer files give them.
+SPECIAL_TOKEN_ROLES = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
 
 # Types NGC training checkpoints may contain besides tensors and containers (the arguments
 # namespace of the training run). Reconstructing them runs no code from the file.
@@ -386,6 +404,89 @@ def vocab_file(path: str | Path) -> Path:
 # Saving
 
 
+def tokenizer_lowercase(folder: str | Path) -> bool | None:
+    """``do_lower_case`` of a folder's ``tokenizer_config.json``; ``None`` when it has none."""
+    path = Path(folder) / TOKENIZER_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("do_lower_case")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return None if value is None else bool(value)
+
+
+def vocab_is_cased(vocab: str | Path) -> bool:
+    """True when a WordPiece vocabulary holds upper-case word pieces: a cased model's vocab (an
+    uncased one has only lower-case pieces besides its ``[SPECIAL]`` tokens)."""
+    return any(t != t.lower() for t in read_vocab(vocab) if not (t.startswith("[") and t.endswith("]")))
+
+
+def _resolve_lowercase(model: BertPreTrainedModel, vocab: Path) -> bool:
+    """The lower-casing a model was trained with, when the caller does not say: its source
+    folder's tokenizer files, else those beside its vocab, else what the vocab implies."""
+    src = getattr(model, "source_dir", None)
+    for folder in (src, vocab.parent):
+        found = tokenizer_lowercase(folder) if folder is not None else None
+        if found is not None:
+            return found
+    return not vocab_is_cased(vocab)
+
+
+def write_tokenizer_files(folder: str | Path, vocab: str | Path, lowercase: bool, model_max_length: int) -> None:
+    """``tokenizer_config.json``, ``special_tokens_map.json`` and ``tokenizer.json`` for ``vocab``.
+
+    ``tokenizer.json`` is the tokenizer the workflow itself builds features with
+    (:func:`bertdistill.tokenization.load_tokenizer`), so a fast tokenizer loaded from the folder
+    gives the ids the model was trained on. ``model_max_length`` is the position-embedding
+    count: without it transformers treats the length as unbounded and ``truncation=True`` cuts
+    nothing. Accents are stripped exactly when lower-casing, as BERT's uncased models do.
+    """
+    from .tokenization import load_tokenizer
+
+    folder = Path(folder)
+    tokens = set(read_vocab(vocab))
+    special = {role: tok for role, tok in SPECIAL_TOKEN_ROLES.items() if tok in tokens}
+    load_tokenizer(vocab, lowercase=lowercase).save(str(folder / TOKENIZER_NAME))
+    config = {
+        "tokenizer_class": "BertTokenizer",  # transformers picks its fast variant from tokenizer.json
+        "do_lower_case": lowercase,
+        "strip_accents": lowercase,
+        "tokenize_chinese_chars": True,
+        "do_basic_tokenize": True,
+        "never_split": None,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": True,
+        **special,
+    }
+    (folder / TOKENIZER_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / SPECIAL_TOKENS_MAP_NAME).write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
+
+
+def model_config_dict(model: BertPreTrainedModel, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``config.json`` of ``model``: Hugging Face's model type and architecture, no keys that
+    name another model, and ``id2label``/``label2id`` from ``labels`` when given (a classifier
+    without them keeps consistent labels of its source, else ``LABEL_i``)."""
+    cfg = model.config.to_dict()
+    for key in FOREIGN_CONFIG_KEYS:
+        cfg.pop(key, None)
+    cfg.update({"model_type": "bert", "architectures": [HF_ARCHITECTURES[model.head]]})
+    if labels:
+        if model.head == "classification" and len(labels) != model.config.num_labels:
+            raise CheckpointError(
+                f"{len(labels)} label names ({', '.join(labels)}) for a classifier of {model.config.num_labels} classes"
+            )
+        cfg["id2label"] = {str(i): str(name) for i, name in enumerate(labels)}
+        cfg["num_labels"] = len(labels)
+    elif model.head == "classification":
+        known = cfg.get("id2label")
+        if not isinstance(known, Mapping) or len(known) != model.config.num_labels:
+            cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.config.num_labels)}
+    if "id2label" in cfg:
+        cfg["label2id"] = {str(v): int(k) for k, v in cfg["id2label"].items()}
+    return cfg
+
+
 def save_model(
     model: BertPreTrainedModel,
     path: str | Path,
@@ -395,10 +496,15 @@ def save_model(
     settings: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, str | Path] | None = None,
     overwrite: bool = False,
+    labels: Sequence[str] | None = None,
+    lowercase: bool | None = None,
 ) -> Path:
-    """Write ``model`` in Hugging Face layout (config.json, model.safetensors, vocab.txt).
+    """Write ``model`` in Hugging Face layout (config.json, model.safetensors, vocab.txt and the
+    tokenizer files: tokenizer_config.json, special_tokens_map.json, tokenizer.json).
 
-    Extras: ``projection.safetensors`` (``fit_dense.weight``/``fit_dense.bias``) and
+    ``labels`` name the classes (config.json ``id2label``/``label2id``); ``lowercase`` is the
+    tokenizer's lower-casing (default: the source folder's tokenizer files, else what the vocab
+    implies). Extras: ``projection.safetensors`` (``fit_dense.weight``/``fit_dense.bias``) and
     ``distill.json`` (the stage's settings), plus ``extra_files`` (name -> source path, e.g. the
     training log) copied in. The folder is written next to its destination and
     renamed into place, so an interrupted save never leaves a folder that looks complete. An
@@ -413,20 +519,20 @@ def save_model(
         src = getattr(model, "source_dir", None)
         vocab = Path(src) / VOCAB_NAME if src is not None and (Path(src) / VOCAB_NAME).is_file() else None
     if vocab is not None:
-        check_vocab(Path(vocab), model.config.vocab_size)
+        vocab = Path(vocab)
+        check_vocab(vocab, model.config.vocab_size)
+        if lowercase is None:
+            lowercase = _resolve_lowercase(model, vocab)
+    cfg = model_config_dict(model, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        cfg = model.config.to_dict()
-        cfg.update({"model_type": "bert", "architectures": [HF_ARCHITECTURES[model.head]]})
-        if model.head == "classification":
-            cfg.setdefault("id2label", {str(i): f"LABEL_{i}" for i in range(model.config.num_labels)})
-            cfg.setdefault("label2id", {v: int(k) for k, v in cfg["id2label"].items()})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in _TIED_KEYS}
         save_file(state, str(tmp / SAFETENSORS_NAME), metadata={"format": "pt"})
         if vocab is not None:
             shutil.copyfile(vocab, tmp / VOCAB_NAME)
+            write_tokenizer_files(tmp, vocab, bool(lowercase), model.config.max_position_embeddings)
         if projection is not None:
             proj = {f"fit_dense.{k}": v.detach().contiguous().cpu() for k, v in projection.state_dict().items()}
             save_file(proj, str(tmp / PROJECTION_NAME))

@@ -69,8 +69,34 @@ def import_teacher(
             "source": dict(source),
             "head": head,
             "parameters": model.num_parameters(),
+            # what the source's own model card says it is (our model cards name the teacher by it)
+            "source_card": source_card(folder),
         }
         return save_model(model, output, vocab=vocab_path, settings=settings, overwrite=True)
+
+
+def source_card(folder: Path) -> dict[str, Any]:
+    """Title (first ``# `` heading) and license (YAML front matter) of a checkpoint folder's
+    ``README.md`` model card; empty when it has none."""
+    import yaml
+
+    path = folder / "README.md"
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8", errors="replace")
+    card: dict[str, Any] = {}
+    if text.startswith("---"):
+        front, _, text = text[3:].partition("\n---")
+        try:
+            meta = yaml.safe_load(front)
+        except yaml.YAMLError:
+            meta = None
+        if isinstance(meta, dict) and isinstance(meta.get("license"), str):
+            card["license"] = meta["license"]
+    title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), None)
+    if title:
+        card["title"] = title
+    return card
 
 
 @stage("describe", rules=("describe_teacher",))

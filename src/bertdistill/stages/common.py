@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ def train_and_save(
     after_fit: Callable[[], Mapping[str, Any]] | None = None,
     after_fit_file: str | None = None,
     inputs: Mapping[str, Path | list[Path] | None] | None = None,
+    labels: Sequence[str] | None = None,
+    lowercase: bool | None = None,
 ) -> Any:
     """The skeleton of every training stage: fit ``objective`` with resumable snapshots, then
     (rank 0) write the student, its projection, ``train.csv`` and ``distill.json`` to
@@ -55,7 +57,9 @@ def train_and_save(
     stage reads, hashed by content for the same purpose (an input rebuilt upstream since the
     snapshot was taken means starting afresh). ``after_fit()`` runs once training is
     done; its result joins the record and, with ``after_fit_file``, is written as that JSON file
-    into the output too. Returns the :class:`~bertdistill.train.TrainResult`.
+    into the output too. ``labels`` and ``lowercase`` go to :func:`~bertdistill.checkpoints.save_model`
+    (the class names and the tokenizer's lower-casing of the saved folder). Returns the
+    :class:`~bertdistill.train.TrainResult`.
     """
     from ..train import Trainer
 
@@ -96,6 +100,8 @@ def train_and_save(
             settings=settings,
             extra_files=files,
             overwrite=True,
+            labels=labels,
+            lowercase=lowercase,
         )
     trainer.clear_snapshots()
     return result

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..checkpoints import VOCAB_NAME, CheckpointError, check_same_vocab, load_model, save_model, vocab_file
 from ..settings import BackboneLossConfig, FeatureSettings, TrainConfig
-from ..tasks import build_task_features, get_task, read_h5, write_h5
+from ..tasks import build_task_features, features_lowercase, get_task, read_h5, write_h5
 from .common import check_positions, dev_evaluator, train_and_save
 from .registry import TaskName, describe, stage
 
@@ -274,6 +274,8 @@ def finetune_teacher(
         vocab=vocab,
         evaluate=evaluate,
         inputs={"teacher": teacher, "features": features, "dev_features": dev_features},
+        labels=t.label_names,
+        lowercase=features_lowercase(features),
     )
     return result.selection
 
@@ -305,6 +307,7 @@ def task_backbone(
     from ..checkpoints import load_projection
     from ..objectives import BackboneObjective
 
+    t = get_task(task)
     check_same_vocab(init, teacher)
     tmodel = load_model(teacher)
     tmodel.pooler = None
@@ -332,6 +335,8 @@ def task_backbone(
         vocab=vocab,
         teacher=tmodel,
         inputs={"teacher": teacher, "init": init, "features": features},
+        labels=t.label_names,
+        lowercase=features_lowercase(features),
     )
     return output
 
@@ -413,6 +418,8 @@ def task_prediction(
             "dev_features": dev_features,
             "teacher_logits": teacher_logits,
         },
+        labels=t.label_names,
+        lowercase=features_lowercase(features),
     )
     return output
 
@@ -540,7 +547,14 @@ def task_final(
     tmp = output.with_name(f".{output.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(s_model, tmp, vocab=vocab, settings={"stage": f"{task}_final", "from": str(student)})
+    save_model(
+        s_model,
+        tmp,
+        vocab=vocab,
+        settings={"stage": f"{task}_final", "from": str(student)},
+        labels=t.label_names,
+        lowercase=features_lowercase(dev_features),
+    )
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "predictions.json").write_text(
         json.dumps({"split": reported, **predictions[reported], "dev": predictions["dev"]}, indent=1) + "\n"
