@@ -260,10 +260,10 @@ def _predict(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(
         prog="bertdistill predict",
-        description="Answer questions over a context, or classify texts, with a final model folder "
-        "(results/{task}_final). Inputs from options or a JSONL/TSV file; one JSON object per line out.",
+        description="Answer questions over a context, or classify texts, with a model folder (results/{task}_final "
+        "or results/{task}_model). Inputs from options or a JSONL/TSV file; one JSON object per line out.",
     )
-    p.add_argument("model", type=Path, help="a final model folder with its task head")
+    p.add_argument("model", type=Path, help="a model folder with its task head (results/{task}_final or _model)")
     p.add_argument("--question", help="QA: the question (with --context)")
     p.add_argument("--context", help="QA: the paragraph to answer from")
     p.add_argument("--text", action="append", default=[], help="classification: a text (repeat for several)")
@@ -275,7 +275,11 @@ def _predict(argv: Sequence[str]) -> int:
     p.add_argument("--n-best", type=int, default=20, help="QA: start/end candidates searched per window")
     p.add_argument("--max-answer-length", type=int, default=30, help="QA: longest answer in tokens")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cased", action="store_true", help="do not lower-case (cased vocabularies)")
+    p.add_argument(
+        "--cased",
+        action="store_true",
+        help="do not lower-case (default: as the folder's tokenizer_config.json says, else lower-case)",
+    )
     args = p.parse_args(argv)
     try:
         records: list[dict] = read_inputs(args.input) if args.input else []
@@ -295,7 +299,7 @@ def _predict(argv: Sequence[str]) -> int:
             args.n_best,
             args.max_answer_length,
             args.batch_size,
-            lowercase=not args.cased,
+            lowercase=False if args.cased else None,
         )
     except ValueError as e:  # CheckpointError and our input errors: one line naming the file
         print(f"bertdistill predict: error: {e}", file=sys.stderr)

@@ -67,6 +67,12 @@ def _model_folder(path: Path) -> dict[str, Any]:
     }
     if (path / "vocab.txt").is_file():
         out["vocab_entries"] = sum(1 for _ in (path / "vocab.txt").open(encoding="utf-8"))
+    id2label = json.loads((path / "config.json").read_text()).get("id2label")
+    if isinstance(id2label, dict):
+        out["labels"] = [id2label[k] for k in sorted(id2label, key=int)]
+    if (path / "tokenizer_config.json").is_file():
+        tok = json.loads((path / "tokenizer_config.json").read_text())
+        out["tokenizer"] = {k: tok.get(k) for k in ("tokenizer_class", "do_lower_case", "model_max_length")}
     for record in ("distill.json", "metrics.json"):
         if (path / record).is_file():
             data = json.loads((path / record).read_text())

@@ -79,10 +79,11 @@ def predict(
     n_best: int = 20,
     max_answer_length: int = 30,
     batch_size: int = 32,
-    lowercase: bool = True,
+    lowercase: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Predictions of the model in ``folder`` for each record (see the module docstring)."""
-    from .checkpoints import load_model, read_vocab, vocab_file
+    """Predictions of the model in ``folder`` for each record (see the module docstring).
+    ``lowercase`` None: the folder's tokenizer_config.json says, else lower-case (BERT uncased)."""
+    from .checkpoints import load_model, read_vocab, tokenizer_lowercase, vocab_file
     from .data import squad
     from .data.glue import build_features
     from .inference import predict_logits
@@ -92,6 +93,8 @@ def predict(
     head = _head(folder)
     model = load_model(folder, head=head)
     vocab = vocab_file(folder)
+    if lowercase is None:
+        lowercase = tokenizer_lowercase(folder) is not False
     tokenizer = load_tokenizer(vocab, lowercase=lowercase)
     limit = model.config.max_position_embeddings
     out: list[dict[str, Any]] = []
