@@ -7,6 +7,7 @@ scripts/run_stage.py, which maps the rule onto its stage by name.
 
 from pathlib import Path
 
+from bertdistill.modelcard import MODEL_FILES
 from bertdistill.tasks import get_task
 
 
@@ -52,6 +53,7 @@ def all_targets():
         + ["results/general/phase2"]
         + expand("results/{task}_final", task=task_names())
         + expand("results/{task}_onnx", task=task_names())
+        + expand(hub_model_files(), task=task_names())
         + (
             ["results/benchmark"]
             if task_names() or config["benchmark"]["shapes"]
@@ -225,6 +227,48 @@ def export_inputs(wildcards):
         "eval_features": f"results/{task}/features/{split}.hdf5",
         "eval_data": task_split_path(task, split),
     }
+
+
+def hub_model_inputs(wildcards):
+    """hub_model: the final student and every record its model card reads. The benchmark is
+    ancient(): the card waits for it, but a rerun of the benchmark alone (a benchmark setting)
+    does not rewrite the model folder."""
+    task = wildcards.task
+    inputs = {
+        "student": f"results/{task}_final",
+        "teacher": task_teacher_dir(wildcards),
+        "prediction": f"results/{task}/prediction",
+        "backbone": f"results/{task}/backbone",
+        "general": task_general_dirs(wildcards),
+        "features": f"results/{task}/features/train.hdf5",
+        "dev_features": f"results/{task}/features/dev.hdf5",
+        "export": f"results/{task}_onnx",
+        "benchmark": ancient("results/benchmark"),
+    }
+    if has_test(task):
+        inputs["test_features"] = f"results/{task}/features/test.hdf5"
+    if config["tasks"][task]["augment"]["enabled"]:
+        ext = get_task(task).data_ext
+        inputs["augmented"] = f"results/{task}/augmented/train_aug.{ext}.stats.json"
+    return inputs
+
+
+def hub_model_files():
+    """The files of results/{task}_model, declared one by one: a directory() output would get
+    Snakemake's .snakemake_timestamp, and an upload of the folder would publish it."""
+    return [f"results/{{task}}_model/{name}" for name in MODEL_FILES]
+
+
+def hub_model_folder(wildcards, output):
+    """The folder holding hub_model's output files (the stage's `output`)."""
+    return str(Path(output[0]).parent)
+
+
+def hub_augment_settings(wildcards):
+    """The augmentation settings the model card states ({} when the task is not augmented)."""
+    if not config["tasks"][wildcards.task]["augment"]["enabled"]:
+        return {}
+    return augment_settings(wildcards)
 
 
 def cloze_in_use():

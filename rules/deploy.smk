@@ -1,4 +1,6 @@
-"""Deployment: ONNX export per task (results/{task}_onnx) and the inference benchmark (results/benchmark)."""
+"""Deployment: ONNX export per task (results/{task}_onnx), the inference benchmark
+(results/benchmark), the Hub-ready model folder with its model card (results/{task}_model).
+"""
 
 
 rule export_onnx:
@@ -47,5 +49,29 @@ rule inference_benchmark:
     params:
         settings=benchmark_settings(),
         shapes=config["benchmark"]["shapes"],
+    script:
+        "../scripts/run_stage.py"
+
+
+rule hub_model:
+    input:
+        unpack(hub_model_inputs),
+    output:
+        hub_model_files(),
+    log:
+        "logs/{task}/hub_model.log",
+    benchmark:
+        "logs/timing/{task}/hub_model.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        output=hub_model_folder,
+        license=config["model_card"]["license"],
+        base_model=config["model_card"]["base_model"],
+        augment=hub_augment_settings,
     script:
         "../scripts/run_stage.py"

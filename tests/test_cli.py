@@ -53,6 +53,7 @@ STAGE_NAMES = (
     "final",
     "export",
     "benchmark",
+    "hub-model",
 )
 
 

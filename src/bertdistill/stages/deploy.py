@@ -1,5 +1,6 @@
 """Deployment: ONNX export of each task's student and teacher (with a parity check and the INT8
-copy's metric on the reported split) and the inference benchmark over every backend."""
+copy's metric on the reported split), the inference benchmark over every backend, and the
+Hub-ready model folder with its model card."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoints import VOCAB_NAME, load_model
+from ..checkpoints import CONFIG_NAME, VOCAB_NAME, load_model, save_model, tokenizer_lowercase
 from ..export import FILES, ExportError, OnnxModel, export_files, file_mb, max_abs_diff, subset
 from ..inference import predict_logits
+from ..modelcard import MODEL_FILES
 from ..settings import BenchmarkSettings, ExportSettings
-from ..tasks import get_task, read_h5, write_json
+from ..tasks import features_lowercase, get_task, read_h5, write_json
 from .registry import TaskName, stage
 
 
@@ -192,4 +195,88 @@ def benchmark(
     return summary
 
 
-__all__ = ["FILES", "benchmark", "export"]
+@stage("hub-model", rules=("hub_model",))
+def hub_model(
+    task: TaskName,
+    student: Path,
+    teacher: Path,
+    output: Path,
+    license: str | None,
+    base_model: str | None,
+    prediction: Path | None = None,
+    backbone: Path | None = None,
+    general: list[Path] | None = None,
+    features: Path | None = None,
+    dev_features: Path | None = None,
+    test_features: Path | None = None,
+    augmented: Path | None = None,
+    augment: Mapping[str, Any] | None = None,
+    export: Path | None = None,
+    benchmark: Path | None = None,
+) -> dict[str, Any]:
+    """``results/{task}_model``: what a Hugging Face Hub upload of the distilled student holds
+    (config.json with the task's label names, model.safetensors, vocab.txt, the tokenizer files)
+    and a model card, README.md, written from the run's records: architecture, teacher and its
+    provenance, data, every stage's settings, metrics on test with dev beside, the INT8 graph's
+    metric, speed from the benchmark. The run's records stay in ``results/{task}_final``.
+
+    Args:
+        task: the task
+        student: the final folder (results/{task}_final: the student, metrics.json)
+        teacher: the task teacher's folder (its distill.json says where it came from)
+        output: the model folder
+        license: the card's license (null: the teacher's, from its source's model card, else other)
+        base_model: Hub id the card names as base_model (null: left out)
+        prediction: the prediction stage's folder (its settings)
+        backbone: the backbone stage's folder (its settings)
+        general: the general-distillation folders the student went through (their settings)
+        features: training features (size, sequence length)
+        dev_features: dev features (size)
+        test_features: test features (size)
+        augmented: the augmentation statistics (train_aug.*.stats.json) when the task was augmented
+        augment: the augmentation settings (n, m, p, max_texts) when it was
+        export: the export folder (export.json: the INT8 graph's metric)
+        benchmark: the benchmark folder (summary.json: speed; none: not measured)
+    """
+    from ..modelcard import collect, render
+
+    t = get_task(task)
+    model = load_model(student, head=t.head)
+    lowercase = features_lowercase(dev_features) if dev_features is not None else None
+    if lowercase is None:
+        lowercase = tokenizer_lowercase(student)
+    tmp = output.with_name(f".{output.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tmp, vocab=student / VOCAB_NAME, labels=t.label_names, lowercase=lowercase)
+    config = json.loads((tmp / CONFIG_NAME).read_text())
+    facts = collect(
+        t,
+        student,
+        teacher,
+        config,
+        tokenizer_lowercase(tmp) is not False,
+        license=license,
+        base_model=base_model,
+        prediction=prediction,
+        backbone=backbone,
+        general=general or [],
+        features=features,
+        dev_features=dev_features,
+        test_features=test_features,
+        augmented=augmented,
+        augment=augment,
+        export=export,
+        benchmark=benchmark,
+    )
+    (tmp / "README.md").write_text(render(facts), encoding="utf-8")
+    written = sorted(p.name for p in tmp.iterdir())
+    if written != sorted(MODEL_FILES):  # an upload must hold the model and nothing of the run
+        raise ExportError(f"{output}: wrote {written}, expected exactly {sorted(MODEL_FILES)}")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return facts
+
+
+__all__ = ["FILES", "MODEL_FILES", "benchmark", "export", "hub_model"]
