@@ -276,7 +276,17 @@ def hub_model(
     if output.exists():
         shutil.rmtree(output)
     os.replace(tmp, output)
-    return facts
+    # What the job log shows: the card's headline facts (the card itself has the rest).
+    return {
+        "output": str(output),
+        "files": written,
+        "license": facts["license"],
+        "labels": facts["labels"],
+        "student": facts["student"],
+        "teacher": {k: v for k, v in facts["teacher"].items() if k != "origin"},
+        "metrics": {k: facts["metrics"].get(k) for k in ("split", "student", "teacher", "retention")},
+        "speed": "measured" if facts["speed"] else "not measured",
+    }
 
 
 __all__ = ["FILES", "MODEL_FILES", "benchmark", "export", "hub_model"]
