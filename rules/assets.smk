@@ -14,7 +14,7 @@ rule download_teacher:
     benchmark:
         "logs/timing/assets/download_{teacher}_{filename}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     resources:
         mem_mb=1000,
         runtime=120,
@@ -35,7 +35,7 @@ rule import_teacher:
     benchmark:
         "logs/timing/assets/import_teacher_{teacher}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -59,7 +59,7 @@ rule describe_teacher:
     benchmark:
         "logs/timing/assets/describe_teacher_{teacher}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -80,7 +80,7 @@ rule sst2_data:
     benchmark:
         "logs/timing/assets/sst2_data.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -107,7 +107,7 @@ rule squad_cloze:
     benchmark:
         "logs/timing/assets/squad_cloze.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -136,7 +136,7 @@ rule adapt_mlm:
     benchmark:
         "logs/timing/assets/adapt_mlm.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: 8
     resources:
         gpu=lambda wc: config["adapt_mlm"]["gpus"],
@@ -163,7 +163,7 @@ rule finetune_teacher:
     benchmark:
         "logs/timing/{task}/finetune_teacher.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: 8
     resources:
         gpu=lambda wc: config["tasks"][wc.task]["finetune"]["gpus"],

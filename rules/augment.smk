@@ -15,7 +15,7 @@ rule word_vectors:
     benchmark:
         "logs/timing/assets/word_vectors.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=8000,
@@ -39,7 +39,7 @@ rule augment_shard:
     benchmark:
         "logs/timing/{task}/augment_{scatteritem}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: config["augment"]["threads"]
     resources:
         gpu=config["augment"]["gpus"],
@@ -68,7 +68,7 @@ rule augment_gather:
     benchmark:
         "logs/timing/{task}/augment_gather_{ext}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: 1
     resources:
         mem_mb=8000,

@@ -6,6 +6,7 @@ scripts/run_stage.py, which maps the rule onto its stage by name.
 """
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from bertdistill.modelcard import MODEL_FILES
 from bertdistill.tasks import get_task
@@ -359,3 +360,40 @@ def augment_settings(wildcards):
             for k in ("m", "p", "seed", "vector_vocab", "max_batch_tokens", "max_texts")
         },
     }
+
+
+def training_runs():
+    """Every model the trainer wrote, by report name: the folders whose curves the report plots."""
+    runs = {f"general_{p}": f"results/general/{p}" for p in ("phase1", "phase2")}
+    if mlm_dir() == "results/adapt_mlm" and augmented_files():
+        runs["adapt_mlm"] = "results/adapt_mlm"
+    for task in task_names():
+        wc = SimpleNamespace(task=task)
+        if task_teacher_dir(wc) == f"results/teachers/{task}":
+            runs[f"{task}_teacher"] = f"results/teachers/{task}"
+        runs[f"{task}_backbone"] = f"results/{task}/backbone"
+        runs[f"{task}_prediction"] = f"results/{task}/prediction"
+        if config["tasks"][task]["no_distillation"]["enabled"]:
+            runs[f"{task}_no_distillation"] = f"results/{task}/no_distillation"
+    return runs
+
+
+def augmented_files():
+    """The augmented training files this run builds (rule augment_gather)."""
+    return [
+        f"results/{task}/augmented/train_aug.{get_task(task).data_ext}"
+        for task in task_names()
+        if config["tasks"][task]["augment"]["enabled"]
+    ]
+
+
+def report_targets():
+    """What `snakemake --report` shows: built by the default target so the report finds them."""
+    targets = expand("results/report/training/{run}.svg", run=training_runs())
+    if task_names():
+        targets.append("results/report/metrics.html")
+    if augmented_files():
+        targets.append("results/report/augmentation.html")
+    if task_names() or config["benchmark"]["shapes"]:
+        targets.append("results/report/speed.html")
+    return targets

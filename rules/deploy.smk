@@ -13,7 +13,7 @@ rule export_onnx:
     benchmark:
         "logs/timing/{task}/export_onnx.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/deploy.yaml"
     threads: lambda wc: config["export"]["threads"] or 2
     resources:
         mem_mb=8000,
@@ -39,7 +39,7 @@ rule inference_benchmark:
     benchmark:
         "logs/timing/benchmark.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/deploy.yaml"
     # The whole machine: timings must not share cores with other jobs.
     threads: lambda wc: config["benchmark"]["threads"] or 8
     resources:
@@ -63,7 +63,7 @@ rule hub_model:
     benchmark:
         "logs/timing/{task}/hub_model.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/deploy.yaml"
     threads: 1
     resources:
         mem_mb=4000,

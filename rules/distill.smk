@@ -15,7 +15,7 @@ rule task_backbone:
     benchmark:
         "logs/timing/{task}/backbone.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: lambda wc: config["tasks"][wc.task]["backbone"]["threads"]
     resources:
         gpu=lambda wc: config["tasks"][wc.task]["backbone"]["gpus"],
@@ -41,7 +41,7 @@ rule task_prediction:
     benchmark:
         "logs/timing/{task}/prediction.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: lambda wc: config["tasks"][wc.task]["prediction"]["threads"]
     resources:
         gpu=lambda wc: config["tasks"][wc.task]["prediction"]["gpus"],
@@ -74,7 +74,7 @@ rule task_baseline:
     benchmark:
         "logs/timing/{task}/no_distillation.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: lambda wc: config["tasks"][wc.task]["prediction"]["threads"]
     resources:
         gpu=lambda wc: config["tasks"][wc.task]["no_distillation"]["gpus"],

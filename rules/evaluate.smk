@@ -12,7 +12,7 @@ rule task_final:
     benchmark:
         "logs/timing/{task}/final.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: 2
     resources:
         mem_mb=8000,

@@ -12,7 +12,7 @@ rule general_phase1:
     benchmark:
         "logs/timing/general/phase1.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: config["general"]["phase1"]["threads"]
     resources:
         gpu=config["general"]["phase1"]["gpus"],
@@ -41,7 +41,7 @@ rule general_phase2:
     benchmark:
         "logs/timing/general/phase2.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: config["general"]["phase2"]["threads"]
     resources:
         gpu=config["general"]["phase2"]["gpus"],

@@ -18,7 +18,7 @@ rule corpus:
     benchmark:
         "logs/timing/pretraining/corpus.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: config["corpus"]["threads"]
     resources:
         mem_mb=8000,
@@ -41,7 +41,7 @@ rule pretraining_shard:
     benchmark:
         "logs/timing/pretraining/shard_seq{seq}_{scatteritem}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=8000,

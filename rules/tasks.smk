@@ -18,7 +18,7 @@ rule split_dev:
     wildcard_constraints:
         ext="json|tsv",
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -43,7 +43,7 @@ rule task_features:
     benchmark:
         "logs/timing/{task}/features.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -65,7 +65,7 @@ rule finetune_features:
     benchmark:
         "logs/timing/{task}/finetune_features.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -87,7 +87,7 @@ rule test_features:
     benchmark:
         "logs/timing/{task}/test_features.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/data.yaml"
     threads: 2
     resources:
         mem_mb=8000,
@@ -109,7 +109,7 @@ rule teacher_logits:
     benchmark:
         "logs/timing/{task}/teacher_logits.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/train.yaml"
     threads: 4
     resources:
         gpu=lambda wc: min(1, config["tasks"][wc.task]["prediction"]["gpus"]),

@@ -5,6 +5,18 @@ its named ``input``, ``output`` and ``params`` items, and wildcards of the same 
 stage function's keyword arguments. ``resources.gpu`` > 1 runs the stage under torchrun.
 """
 
-from bertdistill.launch import run_rule
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("bertdistill") is None:
+    # A rule's conda environment (--sdm conda, envs/) holds its family's packages, not this
+    # package: the jobs run the checkout's code, and so do the torchrun workers they start.
+    src = str(Path(snakemake.scriptdir).parent / "src")  # noqa: F821 - injected by Snakemake
+    sys.path.insert(0, src)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+
+from bertdistill.launch import run_rule  # noqa: E402
 
 run_rule(snakemake)  # noqa: F821 - injected by Snakemake

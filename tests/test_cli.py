@@ -54,6 +54,10 @@ STAGE_NAMES = (
     "export",
     "benchmark",
     "hub-model",
+    "training-curves",
+    "metrics-table",
+    "augmentation-report",
+    "speed-report",
 )
 
 

@@ -74,19 +74,6 @@ def test_recipe_tasks_reproduce_the_reference():
         assert b["batch_size"] * t["backbone"]["gpus"] == 256
 
 
-def test_conda_env_matches_pyproject():
-    """envs/torch.yaml (for --sdm conda users) lists every runtime dependency of pyproject.toml."""
-    import re
-    import tomllib
-
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[<>=!\[ ]", d, maxsplit=1)[0].lower() for d in deps} - {"snakemake"}  # the runner itself
-    env = yaml.safe_load((REPO / "envs/torch.yaml").read_text())
-    conda = {re.split(r"[<>=! ]", d, maxsplit=1)[0].lower() for d in env["dependencies"] if isinstance(d, str)}
-    conda = {"torch" if n == "pytorch" else n for n in conda}
-    assert names <= conda, names - conda
-
-
 def _resolve(node: dict, schema: dict) -> dict:
     while "$ref" in node:
         target = schema

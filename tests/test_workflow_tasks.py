@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 
 import pytest
@@ -13,7 +14,8 @@ import yaml
 from bertdistill.checkpoints import load_model
 from bertdistill.data.glue import read_sst2_tsv
 from bertdistill.data.squad import load_squad_json, squad_v11_metrics
-from helpers import PAIR, planned_jobs, smk, task_teacher, write_glove, write_pair_task, write_squad, write_sst2
+from helpers import PAIR, REPO, planned_jobs, smk, task_teacher, write_glove, write_pair_task, write_squad, write_sst2
+from test_envs import conda_packages_of, env_packages, rule_envs
 
 
 def recomputed(task: str, data, predictions) -> float:
@@ -41,7 +43,7 @@ def embedded(result: dict) -> str:
 
 
 @pytest.mark.slow
-def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
+def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path, monkeypatch):
     wd = tiny_workdir
     config = yaml.safe_load((wd / "config/config.yaml").read_text())
     squad_dir, sst2_dir = write_squad(tmp_path / "squad"), write_sst2(tmp_path / "sst2")
@@ -105,7 +107,23 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path):
     assert jobs["report_training_curves"] == 8 and jobs["report_metrics"] == 1 and jobs["report_speed"] == 1
     assert jobs["report_augmentation"] == 1
 
+    # Every job records the third-party packages our code imported (tests/import_audit).
+    audit = tmp_path / "imports"
+    audit.mkdir()
+    monkeypatch.setenv("BERTDISTILL_IMPORT_AUDIT", str(audit))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "tests/import_audit"), os.environ.get("PYTHONPATH")]))
+    )
     smk(wd, "--cores", "2")  # the default target: everything, the benchmark included
+    monkeypatch.delenv("BERTDISTILL_IMPORT_AUDIT")
+    # Each job's imports are in its rule's conda environment (envs/, for --sdm conda).
+    envs, ran = rule_envs(), set()
+    for record in map(json.loads, (f.read_text() for f in audit.glob("*.json"))):
+        ran.add(record["rule"])
+        missing = conda_packages_of(record["imports"]) - set(env_packages(envs[record["rule"]]))
+        assert not missing, f"rule {record['rule']} imported {missing}: not in {envs[record['rule']].name}"
+    assert sum(jobs.values()) - 1 == len(list(audit.glob("*.json")))  # every job but `all` recorded
+    assert {"corpus", "word_vectors", "augment_shard", "task_final", "export_onnx", "report_metrics"} <= ran
     carved = {s: read_sst2_tsv(wd / f"results/sst2/data/{s}.tsv")[0] for s in ("train", "dev")}
     original = read_sst2_tsv(sst2_dir / "train.tsv")[0]
     assert sorted(carved["train"] + carved["dev"]) == sorted(original) and 0 < len(carved["dev"]) < len(original) / 2

@@ -128,15 +128,17 @@ def metrics_rows(final: Path, export: Path | None = None) -> list[dict[str, str]
     exp = json.loads((export / "export.json").read_text()) if export is not None else None
 
     def row(model: str, params: Any, size: Any, test: Any, dev_: Any, retention: Any = None) -> dict[str, str]:
-        return {
+        out = {
             "task": m["task"],
             "model": model,
             "parameters (M)": _fmt(params / 1e6) if isinstance(params, int) else "–",
             "size on disk (MB)": _fmt(size),
             f"{m['split']} {label}": _score(test, keys),
-            f"dev {label}": _score(dev_, keys) if m["split"] != "dev" else "–",
-            "retention (% of teacher)": _fmt(100 * retention) if retention is not None else "–",
         }
+        if m["split"] != "dev":  # dev beside the held-out split; without one, dev is the headline
+            out[f"dev {label}"] = _score(dev_, keys)
+        out["retention (% of teacher)"] = _fmt(100 * retention) if retention is not None else "–"
+        return out
 
     # Sizes of the fp32 weights as saved (safetensors); the INT8 row is its ONNX file.
     s_size = _size_mb(final / "model.safetensors")
@@ -213,7 +215,8 @@ def write_metrics(finals: Iterable[Path], exports: Iterable[Path], output: Path,
         w = csv.writer(f, delimiter="\t")
         w.writerow(["task", "model", "parameters_M", "size_MB", "reported", "dev", "retention_pct"])
         for r in rows:
-            w.writerow(list(r.values()))
+            values = list(r.values())
+            w.writerow(values[:5] + (values[5:6] if len(values) == 7 else ["–"]) + values[-1:])
     return rows
 
 
