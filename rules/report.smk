@@ -1,5 +1,6 @@
 """The files `snakemake --report report.html` embeds (results/report/), with captions in report/."""
 
+
 rule report_training_curves:
     input:
         model=lambda wc: training_runs()[wc.run],
