@@ -2,7 +2,8 @@
 (12L-768), random weights of those shapes (``benchmark.shapes`` of config/config.yaml), at batch
 128 and seq 128 by default, on every backend available here, student and teacher interleaved.
 
-CPU (default): PyTorch eager fp32, ONNX Runtime on the exported, the fused and the INT8 graph.
+CPU (default): PyTorch eager fp32, torch.compile fp32, bf16 autocast eager and compiled (where the
+CPU has native bf16), ONNX Runtime on the exported, the fused and the INT8 graph.
 ``--gpu``: PyTorch fp16/bf16 autocast, torch.compile (CUDA graphs), ONNX Runtime CUDA/TensorRT
 providers and TensorRT FP16 where present, at seq 128 and 384 (one script, a few minutes).
 ``--exports results/*_onnx`` adds the INT8 dev-metric change recorded by each task's export.
@@ -24,7 +25,7 @@ from bertdistill.benchmark import run_benchmark, shape_pair
 from bertdistill.settings import BenchmarkSettings
 
 REPO = Path(__file__).resolve().parents[1]
-CPU = ["torch", "ort", "ort-fused", "ort-int8"]
+CPU = ["torch", "torch-compile-cpu", "torch-bf16-cpu", "torch-compile-bf16-cpu", "ort", "ort-fused", "ort-int8"]
 GPU = ["torch-fp16", "torch-bf16", "torch-compile", "ort-cuda-fp16", "ort-tensorrt", "tensorrt-fp16"]
 
 
@@ -66,6 +67,12 @@ def main() -> None:
             row["student_best_fp32_vs_torch_eager"] = h["student_best_fp32_vs_torch_eager"]
         if "int8_vs_fp32_onnx" in h:
             row["int8_vs_fp32_onnx"] = h["int8_vs_fp32_onnx"]
+        if "best_bf16" in h:
+            b = h["best_bf16"]
+            row["student_best_bf16"] = {"backend": b["student_backend"], "seq_per_s": b["student_seq_per_s"]}
+            row["student_vs_teacher_best_bf16"] = b["speedup"]
+            if "student_best_bf16_vs_torch_eager" in h:
+                row["student_best_bf16_vs_torch_eager"] = h["student_best_bf16_vs_torch_eager"]
         if "best_fp16" in h:
             b = h["best_fp16"]
             row["student_best_fp16"] = {"backend": b["student_backend"], "seq_per_s": b["student_seq_per_s"]}

@@ -13,7 +13,7 @@ from bertdistill import benchmark as bench
 from bertdistill.export import FILES, ExportError, OnnxModel, export_files
 from bertdistill.inference import predict_logits
 from bertdistill.model import BertConfig, build_model
-from bertdistill.settings import BenchmarkSettings, ExportSettings, FeatureSettings
+from bertdistill.settings import BACKENDS, BenchmarkSettings, ExportSettings, FeatureSettings
 from bertdistill.stages import deploy
 from bertdistill.tasks import build_task_features, get_task, write_h5
 from helpers import task_teacher, write_squad, write_sst2
@@ -145,7 +145,11 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     student, teacher, dev, dev_h5 = _task_folders(tmp_path, "sst2")
     export_dir = tmp_path / "sst2_onnx"
     deploy.export("sst2", student, teacher, dev_h5, dev, export_dir, 16, 20, 30, {"int8": False})
-    settings = {"batch_sizes": [1, 3], "seq_lengths": [16], "warmup": 1, "iterations": 2, "threads": 1}
+    # Every backend but the compiled CPU ones (one compilation per model and shape costs ~60 s
+    # here; test_cpu_backends_answer_like_pytorch_eager covers them).
+    backends = [b for b in BACKENDS if b not in ("torch-compile-cpu", "torch-compile-bf16-cpu")]
+    settings = {"backends": backends, "batch_sizes": [1, 3], "seq_lengths": [16], "warmup": 1, "iterations": 2,
+                "threads": 1}  # fmt: skip
     out = tmp_path / "benchmark"
     summary = deploy.benchmark(out, settings, [export_dir], TINY_SHAPES)
     assert {p.name for p in out.iterdir()} == {"summary.json", "summary.md", "throughput.svg"}
@@ -156,7 +160,7 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     assert set(summary["pairs"]) == {"sst2", "tiny"}
     assert summary["pairs"]["tiny"]["teacher"]["layers"] == 2 and summary["pairs"]["sst2"]["kind"] == "task"
 
-    cpu = ["torch", "ort", "ort-fused", "ort-int8"]
+    cpu = ["torch", "ort", "ort-fused", "ort-int8"] + (["torch-bf16-cpu"] if bench._native_cpu_bf16() else [])
     rows = {(r["pair"], r["backend"], r["batch"], r["seq"]): r for r in summary["results"]}
     for b in (1, 3):
         for backend in cpu:
@@ -182,7 +186,8 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
         assert "CUDAExecutionProvider" in skipped["ort-cuda"]
     headline = {(h["pair"], h["batch"]): h for h in summary["headline"]}
     h = headline[("tiny", 3)]
-    best = max(("torch", "ort", "ort-fused"), key=lambda b: rows[("tiny", b, 3, 16)]["student"]["seq_per_s"])
+    fp32 = ("torch", "ort", "ort-fused")
+    best = max(fp32, key=lambda b: rows[("tiny", b, 3, 16)]["student"]["seq_per_s"])
     assert h["best_fp32"]["student_backend"] == best
     assert h["student_best_fp32_vs_torch_eager"] == pytest.approx(
         rows[("tiny", best, 3, 16)]["student"]["seq_per_s"] / rows[("tiny", "torch", 3, 16)]["student"]["seq_per_s"],
@@ -214,6 +219,81 @@ def test_missing_backend_is_reported_with_its_reason(tmp_path, monkeypatch):
     assert skipped["tensorrt-fp16"].startswith("tensorrt is not importable")
     assert "no CUDAExecutionProvider" in skipped["ort-cuda"]
     assert [r["backend"] for r in summary["results"]] == ["ort"]
+
+
+TINY = dict(vocab_size=300, num_labels=3, num_hidden_layers=2, hidden_size=48, intermediate_size=96,
+            num_attention_heads=4)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["torch-compile-cpu", "torch-bf16-cpu", "torch-compile-bf16-cpu"])
+def test_cpu_backends_answer_like_pytorch_eager(tmp_path, backend):
+    """The compiled CPU runner gives eager's logits (Inductor really compiled a graph); the bf16
+    ones give them within bf16 rounding and in bf16 (autocast really applied). Where the CPU has no
+    native bf16 they are skipped with the reason instead."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    model = build_model(BertConfig(**TINY), "classification").eval()
+    ids, mask, types = bench._inputs(3, 16, 300)
+    with torch.inference_mode():
+        ref = model(ids, mask, types).logits
+    side = bench.Model("tiny", model, {})
+    if "bf16" in backend and not bench._native_cpu_bf16():
+        with pytest.raises(bench.Skip, match="no native bf16"):
+            bench.make_runner(side, backend, None, [(3, 16)], tmp_path)
+        return
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    out = bench.make_runner(side, backend, None, [(3, 16)], tmp_path)(ids, mask, types)()
+    if "compile" in backend:
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    if "bf16" in backend:
+        assert out.dtype == torch.bfloat16
+        assert torch.allclose(out.float(), ref, atol=0.05)
+    else:
+        assert out.dtype == torch.float32
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_cpu_backends_skip_without_native_bf16_or_a_compiler(tmp_path, monkeypatch):
+    """No native bf16 and no C++ compiler on PATH: the CPU bf16 and compiled backends are skipped
+    with the reason, and nothing is measured under their names."""
+    pair = bench.shape_pair("tiny", TINY_SHAPES["tiny"], tmp_path)
+    monkeypatch.setattr(bench, "_native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    backends = ["torch-bf16-cpu", "torch-compile-cpu", "torch-compile-bf16-cpu", "torch"]
+    settings = BenchmarkSettings(backends=backends, batch_sizes=[2], seq_lengths=[8], warmup=0, iterations=1)
+    summary = bench.run_benchmark([pair], settings, tmp_path)
+    skipped = {s["backend"]: s["reason"] for s in summary["skipped"]}
+    assert "no native bf16" in skipped["torch-bf16-cpu"] and "no native bf16" in skipped["torch-compile-bf16-cpu"]
+    assert "needs a C++ compiler" in skipped["torch-compile-cpu"]
+    assert [r["backend"] for r in summary["results"]] == ["torch"]
+
+
+def test_headline_picks_the_best_backend_per_precision_by_hand():
+    """Best fp32 and best bf16 of each side, their ratios, and each against PyTorch eager fp32."""
+
+    def row(backend, precision, student, teacher):
+        return {"pair": "p", "backend": backend, "precision": precision, "batch": 8, "seq": 128,
+                "student": {"seq_per_s": student}, "teacher": {"seq_per_s": teacher}}  # fmt: skip
+
+    results = [
+        row("torch", "fp32", 100.0, 10.0),
+        row("torch-compile-cpu", "fp32", 120.0, 9.0),
+        row("ort", "fp32", 90.0, 8.0),
+        row("ort-int8", "int8", 180.0, 20.0),
+        row("torch-bf16-cpu", "bf16", 200.0, 15.0),
+        row("torch-compile-bf16-cpu", "bf16", 300.0, 25.0),
+    ]
+    (h,) = bench.headline(results)
+    assert h["best_fp32"] == {"student_backend": "torch-compile-cpu", "student_seq_per_s": 120.0,
+                              "teacher_backend": "torch", "teacher_seq_per_s": 10.0, "speedup": 12.0}  # fmt: skip
+    assert h["student_best_fp32_vs_torch_eager"] == 1.2
+    assert h["best_bf16"]["student_backend"] == "torch-compile-bf16-cpu" and h["best_bf16"]["speedup"] == 12.0
+    assert h["student_best_bf16_vs_torch_eager"] == 3.0
+    assert h["int8_vs_fp32_onnx"] == {"student": 2.0, "teacher": 2.5}
+    assert "best_fp16" not in h
 
 
 def test_latency_stats_by_hand():

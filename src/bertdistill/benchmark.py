@@ -6,8 +6,9 @@ random-weight models of given shapes (the reference's 4L-312D student against BE
 each backend, batch size and sequence length, both models warm up, then alternate one timed batch
 each. Inputs are random token ids with every position real (no padding), token type 0.
 
-Backends (:data:`BACKENDS`): PyTorch eager fp32; on a CUDA GPU fp16/bf16 autocast and
-``torch.compile`` (fp16 autocast, CUDA graphs); ONNX Runtime on the exported graph, the
+Backends (:data:`BACKENDS`): PyTorch eager fp32; on the CPU ``torch.compile`` (Inductor) fp32 and,
+where the CPU computes bf16 natively (AMX or AVX512-BF16), bf16 autocast eager and compiled; on a
+CUDA GPU fp16/bf16 autocast and ``torch.compile`` (fp16 autocast, CUDA graphs); ONNX Runtime on the exported graph, the
 transformer-fused graph and the INT8 graph (CPU), with the CUDA (fp32, fp16) and TensorRT
 execution providers when present; TensorRT FP16 engines built from the ONNX file by its parser.
 A backend that cannot run here is reported as skipped with the reason; nothing is estimated.
@@ -42,6 +43,9 @@ BACKEND_INFO = {
     "torch-fp16": ("fp16", "cuda"),
     "torch-bf16": ("bf16", "cuda"),
     "torch-compile": ("fp16", "cuda"),
+    "torch-bf16-cpu": ("bf16", "cpu"),
+    "torch-compile-cpu": ("fp32", "cpu"),
+    "torch-compile-bf16-cpu": ("bf16", "cpu"),
     "ort": ("fp32", "cpu"),
     "ort-fused": ("fp32", "cpu"),
     "ort-int8": ("int8", "cpu"),
@@ -97,6 +101,23 @@ def _ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16); elsewhere PyTorch
+    emulates it, slower than fp32, which is no figure anyone would deploy."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _raise_recompile_limit() -> None:
+    """One compiled graph per benchmarked shape (``dynamic=False``). Past dynamo's recompile limit
+    it would silently run eager under the compiled backend's name: raise the limit."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+
+
 def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
     m = model.torch_model.eval()
     if backend == "torch":
@@ -110,6 +131,27 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
             return run
 
         return bind
+    if backend.endswith("-cpu"):
+        bf16 = "bf16" in backend
+        if bf16 and not _native_cpu_bf16():
+            raise Skip("this CPU has no native bf16 (AMX or AVX512-BF16); PyTorch would emulate it, slower than fp32")
+        m = m.float().cpu()
+        fn = m
+        if "compile" in backend:
+            if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+                raise Skip("torch.compile on the CPU needs a C++ compiler (g++ or clang++; none on PATH, CXX unset)")
+            _raise_recompile_limit()
+            fn = torch.compile(m, dynamic=False)  # Inductor's C++ kernels; compiled in the warm-up
+
+        def bind(ids, mask, types):
+            def run():
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = fn(ids, mask, types)
+                    return out.logits if out.logits is not None else out.start_logits
+
+            return run
+
+        return bind
     _cuda()
     m = m.cuda()
     dtype = torch.bfloat16 if backend == "torch-bf16" else torch.float16
@@ -117,13 +159,8 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
         raise Skip("this GPU does not support bf16")
     fn = m
     if backend == "torch-compile":
-        # CUDA graphs ("reduce-overhead"); one graph per shape, captured during warm-up. Past the
-        # recompile limit dynamo would silently run eager under this backend's name: raise it.
-        import torch._dynamo.config as dynamo_config
-
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dynamo_config, name):
-                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+        # CUDA graphs ("reduce-overhead"); one graph per shape, captured during warm-up.
+        _raise_recompile_limit()
         fn = torch.compile(m, mode="reduce-overhead", dynamic=False)
 
     def bind(ids, mask, types):
@@ -455,8 +492,8 @@ def _describe(m: Model) -> dict[str, Any]:
 
 def headline(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per pair, batch and seq: best fp32 backend of each side and their ratio, the best fp32
-    student backend against PyTorch eager fp32, INT8 against the fp32 ONNX graph, and the best
-    fp16 backend of each side (GPU)."""
+    student backend against PyTorch eager fp32, INT8 against the fp32 ONNX graph, the best fp16
+    backend of each side (GPU) and the best bf16 one (against PyTorch eager fp32 too)."""
     cells: dict[tuple, dict[str, Mapping[str, Any]]] = {}
     for r in results:
         cells.setdefault((r["pair"], r["batch"], r["seq"]), {})[r["backend"]] = r
@@ -471,7 +508,7 @@ def headline(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             r = max(cands, key=lambda r: r[side]["seq_per_s"])
             return r["backend"], r[side]["seq_per_s"]
 
-        for precision in ("fp32", "fp16"):
+        for precision in ("fp32", "fp16", "bf16"):
             s, t = best("student", precision), best("teacher", precision)
             if s and t:
                 row[f"best_{precision}"] = {
@@ -479,10 +516,11 @@ def headline(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "teacher_backend": t[0], "teacher_seq_per_s": t[1],
                     "speedup": round(s[1] / t[1], 3),
                 }  # fmt: skip
-        if "torch" in by and row.get("best_fp32"):
-            row["student_best_fp32_vs_torch_eager"] = round(
-                row["best_fp32"]["student_seq_per_s"] / by["torch"]["student"]["seq_per_s"], 3
-            )
+        for precision in ("fp32", "bf16"):
+            if "torch" in by and row.get(f"best_{precision}"):
+                row[f"student_best_{precision}_vs_torch_eager"] = round(
+                    row[f"best_{precision}"]["student_seq_per_s"] / by["torch"]["student"]["seq_per_s"], 3
+                )
         if "ort-int8" in by and "ort" in by:
             row["int8_vs_fp32_onnx"] = {
                 side: round(by["ort-int8"][side]["seq_per_s"] / by["ort"][side]["seq_per_s"], 3)
@@ -585,6 +623,12 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 b = h["best_fp16"]
                 parts.append(f"best fp16 student ({b['student_backend']}) {_fmt(b['student_seq_per_s'])} seq/s, "
                              f"{b['speedup']:.2f}x its teacher")  # fmt: skip
+            if "best_bf16" in h:
+                b = h["best_bf16"]
+                vs = h.get("student_best_bf16_vs_torch_eager")
+                eager = f", {vs:.2f}x PyTorch eager fp32" if vs else ""
+                parts.append(f"best bf16 student ({b['student_backend']}) {_fmt(b['student_seq_per_s'])} seq/s, "
+                             f"{b['speedup']:.2f}x its teacher{eager}")  # fmt: skip
             lines.append(f"- batch {h['batch']}, seq {h['seq']}: " + "; ".join(parts))
         lines.append("")
     if summary["skipped"]:
