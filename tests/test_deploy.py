@@ -277,7 +277,8 @@ def test_headline_picks_the_best_backend_per_precision_by_hand():
     """Best fp32 and best bf16 of each side, their ratios, and each against PyTorch eager fp32."""
 
     def row(backend, precision, student, teacher):
-        return {"pair": "p", "backend": backend, "precision": precision, "batch": 8, "seq": 128,
+        device = bench.BACKEND_INFO[backend][1]
+        return {"pair": "p", "backend": backend, "precision": precision, "device": device, "batch": 8, "seq": 128,
                 "student": {"seq_per_s": student}, "teacher": {"seq_per_s": teacher}}  # fmt: skip
 
     results = [
@@ -296,6 +297,10 @@ def test_headline_picks_the_best_backend_per_precision_by_hand():
     assert h["student_best_bf16_vs_torch_eager"] == 3.0
     assert h["int8_vs_fp32_onnx"] == {"student": 2.0, "teacher": 2.5}
     assert "best_fp16" not in h
+    # A GPU backend can be the best of its precision, but CPU eager is compared with the CPU's best.
+    (h,) = bench.headline([*results, row("torch-bf16", "bf16", 5000.0, 900.0), row("ort-cuda", "fp32", 800.0, 90.0)])
+    assert h["best_bf16"]["student_backend"] == "torch-bf16" and h["best_fp32"]["student_backend"] == "ort-cuda"
+    assert h["student_best_fp32_vs_torch_eager"] == 1.2 and h["student_best_bf16_vs_torch_eager"] == 3.0
 
 
 def test_latency_stats_by_hand():
