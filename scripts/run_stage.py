@@ -19,4 +19,7 @@ if importlib.util.find_spec("bertdistill") is None:
 
 from bertdistill.launch import run_rule  # noqa: E402
 
-run_rule(snakemake)  # noqa: F821 - injected by Snakemake
+# The guard keeps the stage from running again in a spawned helper process (the corpus stage's
+# sentence splitters), which imports this file as ``__mp_main__``, without ``snakemake``.
+if __name__ == "__main__":
+    run_rule(snakemake)  # noqa: F821 - injected by Snakemake

@@ -126,7 +126,7 @@ snakemake = Named(
     params=Named(), resources=Named(), wildcards=Named(), threads=1,
 )
 import runpy
-runpy.run_path({str(REPO / "scripts/run_stage.py")!r}, init_globals={{"snakemake": snakemake}})
+runpy.run_path({str(REPO / "scripts/run_stage.py")!r}, init_globals={{"snakemake": snakemake}}, run_name="__main__")
 import bertdistill, os
 print(bertdistill.__file__, os.environ["PYTHONPATH"])
 """

@@ -125,7 +125,12 @@ def train_punkt(text: str):
     return PunktSentenceTokenizer(trainer.get_params())
 
 
-_SPLITTER = None  # the Punkt model, inherited by forked sentence-splitting processes
+_SPLITTER = None  # the Punkt model; each sentence-splitting process receives a copy at start
+
+
+def _set_splitter(splitter) -> None:
+    global _SPLITTER
+    _SPLITTER = splitter
 
 
 def _sentences(args: tuple[str, int]) -> list[str]:
@@ -154,7 +159,7 @@ def prepare_corpus(
 
     Documents are streamed: only Punkt's training prefix (``punkt_train_chars``) and one batch of
     documents per process are held in memory. Sentence splitting (pure-Python Punkt, ~0.5 MB of
-    text per second per process) runs in ``processes`` forked processes; the output does not
+    text per second per process) runs in ``processes`` spawned processes; the output does not
     depend on their number. The files appear only when all are complete. An empty corpus, or
     fewer documents than shards, is an error naming the sources.
 
@@ -202,7 +207,10 @@ def prepare_corpus(
             if processes > 1:
                 import multiprocessing
 
-                pool = stack.enter_context(multiprocessing.get_context("fork").Pool(processes))
+                # Spawned, not forked: a fork of a process whose threads (torch, ONNX Runtime,
+                # Inductor's compile workers) hold locks can hang the child for ever.
+                ctx = multiprocessing.get_context("spawn")
+                pool = stack.enter_context(ctx.Pool(processes, initializer=_set_splitter, initargs=(_SPLITTER,)))
                 split = functools.partial(pool.map, chunksize=8)
             for batch in _batches(itertools.chain(prefix, docs), 64 * max(1, processes)):
                 for sentences in split(_sentences, [(d, min_sentence_chars) for d in batch]):
