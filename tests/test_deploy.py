@@ -84,10 +84,15 @@ def _task_folders(tmp_path, task: str):
     return student, teacher, dev, tmp_path / "dev.hdf5"
 
 
-@pytest.mark.parametrize("task, metric", [("sst2", "accuracy"), ("squad", "f1")])
-def test_export_stage_checks_parity_and_evaluates_int8(tmp_path, task, metric):
+@pytest.mark.parametrize(
+    "task, metric, native_bf16", [("sst2", "accuracy", True), ("squad", "f1", True), ("sst2", "accuracy", False)]
+)
+def test_export_stage_checks_parity_and_evaluates_int8(tmp_path, monkeypatch, task, metric, native_bf16):
     """The export stage writes both models' graphs, records parity within the tolerance, and the
-    dev metric of PyTorch, the fused fp32 graph and the INT8 graph by the same evaluation code."""
+    dev metric of PyTorch (fp32, and bf16 autocast where the CPU has native bf16, else the reason),
+    the fused fp32 graph and the INT8 graph by the same evaluation code."""
+    # Forced on, PyTorch emulates bf16 where the CPU lacks it: the same numbers, only slower.
+    monkeypatch.setattr(deploy, "native_cpu_bf16", lambda: native_bf16)
     student, teacher, dev, dev_h5 = _task_folders(tmp_path, task)
     out = tmp_path / f"{task}_onnx"
     record = deploy.export(task, student, teacher, dev_h5, dev, out, 16, 20, 30, {"parity_features": None})
@@ -98,7 +103,14 @@ def test_export_stage_checks_parity_and_evaluates_int8(tmp_path, task, metric):
         assert info["parity"]["fp32"] <= 1e-3 and info["parity"]["fused"] <= 1e-3
         assert info["parity"]["features"] == len(__import__("h5py").File(dev_h5)["input_ids"])
         dev_metrics = info["metrics"]
-        assert set(dev_metrics) == {"pytorch", "onnx_fused", "onnx_int8"}
+        assert set(dev_metrics) == {"pytorch", "onnx_fused", "onnx_int8"} | ({"pytorch_bf16"} if native_bf16 else set())
+        if native_bf16:
+            # Really computed in bf16 (logits differ from fp32), and close to fp32.
+            assert 0 < info["parity"]["bf16"] < 0.1
+            change = dev_metrics["pytorch_bf16"][metric] - dev_metrics["pytorch"][metric]
+            assert info["bf16_metric_change"] == pytest.approx(change, abs=1e-4)
+        else:
+            assert "bf16" not in info["parity"] and "no native bf16" in info["bf16_skipped"]
         # fp32 ONNX gives the same predictions as PyTorch, so the same metric.
         assert dev_metrics["onnx_fused"][metric] == pytest.approx(dev_metrics["pytorch"][metric], abs=1e-9)
         assert 0.0 <= dev_metrics["onnx_int8"][metric] <= 100.0
@@ -160,7 +172,7 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     assert set(summary["pairs"]) == {"sst2", "tiny"}
     assert summary["pairs"]["tiny"]["teacher"]["layers"] == 2 and summary["pairs"]["sst2"]["kind"] == "task"
 
-    cpu = ["torch", "ort", "ort-fused", "ort-int8"] + (["torch-bf16-cpu"] if bench._native_cpu_bf16() else [])
+    cpu = ["torch", "ort", "ort-fused", "ort-int8"] + (["torch-bf16-cpu"] if bench.native_cpu_bf16() else [])
     rows = {(r["pair"], r["backend"], r["batch"], r["seq"]): r for r in summary["results"]}
     for b in (1, 3):
         for backend in cpu:
@@ -240,7 +252,7 @@ def test_cpu_backends_answer_like_pytorch_eager(tmp_path, backend):
     with torch.inference_mode():
         ref = model(ids, mask, types).logits
     side = bench.Model("tiny", model, {})
-    if "bf16" in backend and not bench._native_cpu_bf16():
+    if "bf16" in backend and not bench.native_cpu_bf16():
         with pytest.raises(bench.Skip, match="no native bf16"):
             bench.make_runner(side, backend, None, [(3, 16)], tmp_path)
         return
@@ -261,7 +273,7 @@ def test_cpu_backends_skip_without_native_bf16_or_a_compiler(tmp_path, monkeypat
     """No native bf16 and no C++ compiler on PATH: the CPU bf16 and compiled backends are skipped
     with the reason, and nothing is measured under their names."""
     pair = bench.shape_pair("tiny", TINY_SHAPES["tiny"], tmp_path)
-    monkeypatch.setattr(bench, "_native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(bench, "native_cpu_bf16", lambda: False)
     monkeypatch.setattr(bench.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     backends = ["torch-bf16-cpu", "torch-compile-cpu", "torch-compile-bf16-cpu", "torch"]

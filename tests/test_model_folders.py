@@ -262,7 +262,7 @@ def test_model_card_metadata(sst2_run, squad_model):
 
 def test_model_card_figures_are_the_records(sst2_run):
     """Every figure the card states is read from a record: metrics.json (student, teacher, retention,
-    baseline, no-distillation and gain on test and dev), export.json (the INT8 graph), the benchmark's
+    baseline, no-distillation and gain on test and dev), export.json (the INT8 graph, bf16), the benchmark's
     summary.json (seq/s of this task's pair), each stage's distill.json (steps, learning rate,
     temperature) and the feature files (split sizes)."""
     import h5py
@@ -289,6 +289,11 @@ def test_model_card_figures_are_the_records(sst2_run):
         two(export["models"]["student"]["metrics"]["onnx_int8"]["accuracy"]),
         "-",
     ]
+    bf16 = export["models"]["student"]["metrics"].get("pytorch_bf16")  # only where the CPU has native bf16
+    if bf16:
+        assert rows["student in bf16 (PyTorch autocast, CPU) accuracy"] == [two(bf16["accuracy"]), "-"]
+    else:
+        assert "student in bf16 (PyTorch autocast, CPU) accuracy" not in rows
     summary = json.loads((tmp / "benchmark/summary.json").read_text())
     (head,) = [h for h in summary["headline"] if h["pair"] == "sst2"]
     best = head["best_fp32"]

@@ -97,9 +97,10 @@ def squad_records(tmp_path: Path) -> tuple[Path, Path]:
     }
     (final / "metrics.json").write_text(json.dumps(metrics))
     int8 = {"exact_match": 67.0, "f1": 72.0}
+    bf16 = {"exact_match": 68.0, "f1": 75.6}
     record = {
         "models": {
-            "student": {"files": {"int8": {"mb": 16.6}}, "metrics": {"onnx_int8": int8}},
+            "student": {"files": {"int8": {"mb": 16.6}}, "metrics": {"onnx_int8": int8, "pytorch_bf16": bf16}},
             "teacher": {"source": str(teacher), "files": {}, "metrics": {}},
         }
     }
@@ -110,13 +111,14 @@ def squad_records(tmp_path: Path) -> tuple[Path, Path]:
 def test_metrics_table_rows_follow_from_the_records(tmp_path):
     final, export = squad_records(tmp_path)
     html_out, tsv_out = tmp_path / "report/metrics.html", tmp_path / "report/metrics.tsv"
-    assert STAGES["metrics-table"].call(finals=[final], output=html_out, table=tsv_out, exports=[export]) == {"rows": 5}
+    assert STAGES["metrics-table"].call(finals=[final], output=html_out, table=tsv_out, exports=[export]) == {"rows": 6}
     with tsv_out.open() as f:
         rows = {r["model"]: r for r in csv.DictReader(f, delimiter="\t")}
     assert list(rows) == [
         "teacher",
         "student (distilled)",
         "student INT8 (ONNX)",
+        "student bf16 (PyTorch autocast, CPU)",
         "no distillation (same student, labels only)",
         "trivial: first name",
     ]
@@ -124,6 +126,8 @@ def test_metrics_table_rows_follow_from_the_records(tmp_path):
     assert (student["reported"], student["dev"], student["retention_pct"]) == ("76.0 / 68.0", "77.0 / 68.0", "95.0")
     assert (teacher["parameters_M"], teacher["size_MB"], student["size_MB"]) == ("22.6", "4.0", "2.5")
     assert (int8["reported"], int8["size_MB"], int8["retention_pct"]) == ("72.0 / 67.0", "16.6", "90.0")
+    bf16 = rows["student bf16 (PyTorch autocast, CPU)"]  # the fp32 weights, cast at run time
+    assert (bf16["reported"], bf16["size_MB"], bf16["retention_pct"]) == ("75.6 / 68.0", "2.5", "94.5")
     nd = rows["no distillation (same student, labels only)"]
     assert (nd["reported"], nd["dev"], nd["retention_pct"]) == ("24.0 / 20.0", "25.0 / 20.0", "30.0")
     page = html_out.read_text()

@@ -101,7 +101,10 @@ def _ort_providers() -> list[str]:
     return ort.get_available_providers()
 
 
-def _native_cpu_bf16() -> bool:
+BF16_SKIP = "this CPU has no native bf16 (AMX or AVX512-BF16); PyTorch would emulate it, slower than fp32"
+
+
+def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16); elsewhere PyTorch
     emulates it, slower than fp32, which is no figure anyone would deploy."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
@@ -122,8 +125,8 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
     m = model.torch_model.eval()
     if backend == "torch" or backend.endswith("-cpu"):  # eager fp32, compiled and/or bf16 on the CPU
         bf16 = "bf16" in backend
-        if bf16 and not _native_cpu_bf16():
-            raise Skip("this CPU has no native bf16 (AMX or AVX512-BF16); PyTorch would emulate it, slower than fp32")
+        if bf16 and not native_cpu_bf16():
+            raise Skip(BF16_SKIP)
         m = m.float().cpu()
         fn = m
         if "compile" in backend:

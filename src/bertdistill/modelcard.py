@@ -305,6 +305,7 @@ def collect(
             "split": export_record.get("split"),
             "metrics": student_export.get("metrics", {}),
             "int8_metric_change": student_export.get("int8_metric_change"),
+            "bf16_metric_change": student_export.get("bf16_metric_change"),
         }
         if export_record
         else {},
@@ -470,6 +471,13 @@ def _metric_rows(facts: Mapping[str, Any]) -> list[str]:
     if int8:
         value = number(int8.get(key))
         add(f"student as INT8 ONNX {name}", *((value, "-") if export.get("split") == split else ("-", value)))
+    bf16 = (export.get("metrics") or {}).get("pytorch_bf16")
+    if bf16:
+        value = number(bf16.get(key))
+        add(
+            f"student in bf16 (PyTorch autocast, CPU) {name}",
+            *((value, "-") if export.get("split") == split else ("-", value)),
+        )
     return rows
 
 

@@ -154,6 +154,10 @@ def metrics_rows(final: Path, export: Path | None = None) -> list[dict[str, str]
         int8 = s["metrics"]["onnx_int8"]
         ratio = int8[key] / m["teacher"][key] if m["teacher"].get(key) else None
         rows.append(row("student INT8 (ONNX)", m["student_parameters"], s["files"]["int8"]["mb"], int8, None, ratio))
+    if exp is not None and "pytorch_bf16" in exp["models"]["student"]["metrics"]:
+        bf16 = exp["models"]["student"]["metrics"]["pytorch_bf16"]
+        ratio = bf16[key] / m["teacher"][key] if m["teacher"].get(key) else None
+        rows.append(row("student bf16 (PyTorch autocast, CPU)", m["student_parameters"], s_size, bf16, None, ratio))
     if "no_distillation" in m:
         nd = m["no_distillation"]
         ratio = nd[key] / m["teacher"][key] if m["teacher"].get(key) else None

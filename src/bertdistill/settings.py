@@ -286,6 +286,7 @@ class ExportSettings:
         int8: also write model.int8.onnx, dynamically quantised to INT8 weights, and evaluate it on dev
         per_channel: INT8: one scale per output channel instead of per tensor
         reduce_range: INT8: 7-bit weights, which avoids overflow on CPUs without VNNI (AVX2)
+        bf16: also evaluate the PyTorch model under bf16 autocast on the CPU, where the CPU computes bf16 natively
         threads: ONNX Runtime threads for the parity check and dev evaluation (null = all cores)
     """
 
@@ -296,6 +297,7 @@ class ExportSettings:
     int8: bool = True
     per_channel: bool = False
     reduce_range: bool = True
+    bf16: bool = True
     threads: int | None = None
 
 

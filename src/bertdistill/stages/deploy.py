@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..benchmark import BF16_SKIP, native_cpu_bf16
 from ..checkpoints import CONFIG_NAME, VOCAB_NAME, load_model, save_model, tokenizer_lowercase
 from ..export import FILES, ExportError, OnnxModel, export_files, file_mb, max_abs_diff, subset
 from ..inference import predict_logits
@@ -63,6 +66,17 @@ def _export_model(
 
     reference = predict_logits(model, eval_arrays, eval_batch_size)
     record["metrics"]["pytorch"] = metric(reference)
+    if settings.bf16:
+        # The precision of the torch-bf16-cpu backend: what its speed-up costs in metric.
+        if native_cpu_bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = predict_logits(model, eval_arrays, eval_batch_size)
+            record["parity"]["bf16"] = max_abs_diff(reference[:n], logits[:n])
+            record["metrics"]["pytorch_bf16"] = metric(logits)
+            change = record["metrics"]["pytorch_bf16"][t.metric] - record["metrics"]["pytorch"][t.metric]
+            record["bf16_metric_change"] = round(change, 4)
+        else:
+            record["bf16_skipped"] = BF16_SKIP
     for kind, path in files.items():
         # The plain graph is only checked (its metric would repeat the fused one's).
         evaluated = kind in ("fused", "int8") or "fused" not in files
@@ -102,8 +116,8 @@ def export(
     """``results/{task}_onnx``: the final student and its teacher as ONNX (``student/`` and
     ``teacher/``: model.onnx, model.opt.onnx, model.int8.onnx), checked against PyTorch on the
     evaluation split's features, and ``export.json`` (parity, fused operators, sizes, and under
-    ``metrics`` the metric of PyTorch, the fp32 and the INT8 ONNX graphs by the same evaluation
-    code, on the split ``task_final`` reports: test when the task has one).
+    ``metrics`` the metric of PyTorch in fp32 and bf16 autocast, the fp32 and the INT8 ONNX graphs
+    by the same evaluation code, on the split ``task_final`` reports: test when the task has one).
 
     Args:
         task: the task
