@@ -17,9 +17,10 @@ if importlib.util.find_spec("bertdistill") is None:
     sys.path.insert(0, src)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
 
-from bertdistill.launch import run_rule  # noqa: E402
-
 # The guard keeps the stage from running again in a spawned helper process (the corpus stage's
-# sentence splitters), which imports this file as ``__mp_main__``, without ``snakemake``.
+# sentence splitters), which imports this file as ``__mp_main__``, without ``snakemake``; nor
+# does such a process import the stages (and torch) it does not need.
 if __name__ == "__main__":
+    from bertdistill.launch import run_rule
+
     run_rule(snakemake)  # noqa: F821 - injected by Snakemake
