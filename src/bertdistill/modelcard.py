@@ -467,17 +467,14 @@ def _metric_rows(facts: Mapping[str, Any]) -> list[str]:
         )
         add("distillation gain (points)", number(m.get("distillation_gain")), number(dev.get("distillation_gain")))
     export = facts.get("export") or {}
-    int8 = (export.get("metrics") or {}).get("onnx_int8")
-    if int8:
-        value = number(int8.get(key))
-        add(f"student as INT8 ONNX {name}", *((value, "-") if export.get("split") == split else ("-", value)))
-    bf16 = (export.get("metrics") or {}).get("pytorch_bf16")
-    if bf16:
-        value = number(bf16.get(key))
-        add(
-            f"student in bf16 (PyTorch autocast, CPU) {name}",
-            *((value, "-") if export.get("split") == split else ("-", value)),
-        )
+    for kind, label in (
+        ("onnx_int8", "student as INT8 ONNX"),
+        ("pytorch_bf16", "student in bf16 (PyTorch autocast, CPU)"),
+    ):
+        got = (export.get("metrics") or {}).get(kind)
+        if got:
+            value = number(got.get(key))
+            add(f"{label} {name}", *((value, "-") if export.get("split") == split else ("-", value)))
     return rows
 
 

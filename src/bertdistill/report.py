@@ -149,15 +149,18 @@ def metrics_rows(final: Path, export: Path | None = None) -> list[dict[str, str]
         row("teacher", m["teacher_parameters"], t_size, m["teacher"], dev.get("teacher")),
         row("student (distilled)", m["student_parameters"], s_size, m["student"], dev.get("student"), m["retention"]),
     ]
-    if exp is not None and "onnx_int8" in exp["models"]["student"]["metrics"]:
+    if exp is not None:
         s = exp["models"]["student"]
-        int8 = s["metrics"]["onnx_int8"]
-        ratio = int8[key] / m["teacher"][key] if m["teacher"].get(key) else None
-        rows.append(row("student INT8 (ONNX)", m["student_parameters"], s["files"]["int8"]["mb"], int8, None, ratio))
-    if exp is not None and "pytorch_bf16" in exp["models"]["student"]["metrics"]:
-        bf16 = exp["models"]["student"]["metrics"]["pytorch_bf16"]
-        ratio = bf16[key] / m["teacher"][key] if m["teacher"].get(key) else None
-        rows.append(row("student bf16 (PyTorch autocast, CPU)", m["student_parameters"], s_size, bf16, None, ratio))
+        # The INT8 row's size is its ONNX file; bf16 runs the fp32 weights, cast at run time.
+        for kind, model in (
+            ("onnx_int8", "student INT8 (ONNX)"),
+            ("pytorch_bf16", "student bf16 (PyTorch autocast, CPU)"),
+        ):
+            if kind in s["metrics"]:
+                got = s["metrics"][kind]
+                size = s["files"]["int8"]["mb"] if kind == "onnx_int8" else s_size
+                ratio = got[key] / m["teacher"][key] if m["teacher"].get(key) else None
+                rows.append(row(model, m["student_parameters"], size, got, None, ratio))
     if "no_distillation" in m:
         nd = m["no_distillation"]
         ratio = nd[key] / m["teacher"][key] if m["teacher"].get(key) else None
