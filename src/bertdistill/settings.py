@@ -284,7 +284,7 @@ class ExportSettings:
         parity_features: dev features compared with PyTorch (null = all)
         optimize: also write model.opt.onnx, fused by ONNX Runtime's transformer optimizer (model type bert)
         int8: also write model.int8.onnx, dynamically quantised to INT8 weights, and evaluate it on dev
-        per_channel: INT8: one scale per output channel instead of per tensor
+        per_channel: INT8: one scale per output channel, not per weight matrix (where outliers set the scale)
         reduce_range: INT8: 7-bit weights, which avoids overflow on CPUs without VNNI (AVX2)
         bf16: also evaluate the PyTorch model under bf16 autocast on the CPU, where the CPU computes bf16 natively
         threads: ONNX Runtime threads for the parity check and dev evaluation (null = all cores)
@@ -295,7 +295,7 @@ class ExportSettings:
     parity_features: int | None = 256
     optimize: bool = True
     int8: bool = True
-    per_channel: bool = False
+    per_channel: bool = True
     reduce_range: bool = True
     bf16: bool = True
     threads: int | None = None
