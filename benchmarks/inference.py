@@ -8,6 +8,10 @@ CPU has native bf16), ONNX Runtime on the exported, the fused and the INT8 graph
 providers and TensorRT FP16 where present, at seq 128 and 384 (one script, a few minutes).
 ``--exports results/*_onnx`` adds the INT8 dev-metric change recorded by each task's export.
 
+On the CPU it also times the fp32 ceiling of each model (``fp32_ceiling``): its matrix products
+alone, each at the rate PyTorch's BLAS reaches on that shape here, and at the machine's rate on a
+4096-cube product. No fp32 backend on this BLAS can run faster than the first, whatever it fuses.
+
 Prints one JSON object: the machine, every measured cell, the skipped backends with reasons,
 and the ratios the project's goals are stated in (``ratios``). ``--output`` also writes it to a file.
 """
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from bertdistill.benchmark import run_benchmark, shape_pair
+from bertdistill.benchmark import cpu_threads, fp32_ceiling, run_benchmark, shape_pair
 from bertdistill.settings import BenchmarkSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +61,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         pair = shape_pair(args.shape, spec, Path(work))
         summary = run_benchmark([pair], settings, Path(work), log=log)
+        ceilings = {}
+        if not args.gpu:
+            # After the timed runs, so the two never share the cores.
+            with cpu_threads(settings.threads):
+                for b in settings.batch_sizes:
+                    for s in settings.seq_lengths:
+                        log(f"fp32 ceiling: batch {b}, seq {s}")
+                        ceilings[b, s] = {
+                            side: fp32_ceiling(getattr(pair, side).config, b, s) for side in ("student", "teacher")
+                        }
     ratios = []
     for h in summary["headline"]:
         row = {"batch": h["batch"], "seq": h["seq"]}
@@ -65,6 +79,23 @@ def main() -> None:
             row["best_fp32_backends"] = [h["best_fp32"]["student_backend"], h["best_fp32"]["teacher_backend"]]
         if "student_best_fp32_vs_torch_eager" in h:
             row["student_best_fp32_vs_torch_eager"] = h["student_best_fp32_vs_torch_eager"]
+        if (h["batch"], h["seq"]) in ceilings:
+            c = ceilings[h["batch"], h["seq"]]
+            row["fp32_ceiling"] = c
+            eager = {r["backend"]: r for r in summary["results"] if (r["batch"], r["seq"]) == (h["batch"], h["seq"])}
+            if "torch" in eager:
+                e = eager["torch"]
+                # The most any fp32 backend built on this BLAS can gain over eager, and the student
+                # against teacher ratio if both ran at their ceilings.
+                row["student_fp32_ceiling_vs_torch_eager"] = round(
+                    c["student"]["seq_per_s_at_these_shapes"] / e["student"]["seq_per_s"], 3
+                )
+                row["student_fp32_peak_vs_torch_eager"] = round(
+                    c["student"]["seq_per_s_at_peak"] / e["student"]["seq_per_s"], 3
+                )
+            row["student_vs_teacher_at_fp32_ceiling"] = round(
+                c["student"]["seq_per_s_at_these_shapes"] / c["teacher"]["seq_per_s_at_these_shapes"], 3
+            )
         if "int8_vs_fp32_onnx" in h:
             row["int8_vs_fp32_onnx"] = h["int8_vs_fp32_onnx"]
         if "best_bf16" in h:

@@ -365,3 +365,24 @@ def test_unknown_backend_is_a_settings_error():
 
     with pytest.raises(SettingsError, match="unknown .*tensorflow.*known backends: torch"):
         BenchmarkSettings(backends=["tensorflow"])
+
+
+@pytest.mark.parametrize("head", ["classification", "qa"])
+def test_fp32_ceiling_counts_every_matrix_product_of_the_forward_pass(head):
+    """The ceiling's products are the model's: their FLOPs equal what PyTorch's own FLOP counter
+    sees in a forward pass (explicit attention, which the counter can see into), and the ceiling
+    is the batch over their summed times."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = BertConfig(vocab_size=300, num_labels=3, num_hidden_layers=2, hidden_size=48, intermediate_size=96,
+                        num_attention_heads=4)  # fmt: skip
+    model = build_model(config, head).eval()
+    ids = torch.randint(5, 300, (3, 16))
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(ids, torch.ones_like(ids), torch.zeros_like(ids), output_attention_scores=True)
+    shapes = bench.matmul_shapes(config, 3, 16, head)
+    assert bench.matmul_flops(shapes) == counter.get_total_flops()
+    c = bench.fp32_ceiling(config, 3, 16, head, repeats=1)
+    assert c["gflop_per_seq"] == pytest.approx(counter.get_total_flops() / 3 / 1e9, rel=1e-3)
+    assert c["seq_per_s_at_these_shapes"] == pytest.approx(3 / c["matmul_s_per_batch"], rel=0.01)
+    assert c["seq_per_s_at_peak"] == pytest.approx(c["peak_gflop_per_s"] / c["gflop_per_seq"], rel=0.01)

@@ -316,6 +316,75 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
     return timed
 
 
+# ---------------------------------------------------------------------------------------------
+# The fp32 ceiling: how fast a model could run if it did nothing but its matrix products, each at
+# the rate this machine's BLAS reaches on that product alone. A backend can beat PyTorch eager by
+# fusing or skipping the rest (LayerNorm, GELU, softmax, copies), not by more than this.
+
+
+def matmul_shapes(
+    config: BertConfig, batch: int, seq: int, head: str = "classification"
+) -> list[tuple[str, int, tuple[int, ...]]]:
+    """The matrix products of one forward pass: ``(name, count, shape)`` with ``shape`` ``(m, k, n)``
+    or ``(batches, m, k, n)``; each costs ``2 * prod(shape)`` FLOPs. Q, K and V are one product
+    (the model's fused projection); attention is two batched products per layer."""
+    t, h, i = batch * seq, config.hidden_size, config.intermediate_size
+    heads, layers = config.num_attention_heads, config.num_hidden_layers
+    d = h // heads
+    shapes = [
+        ("query/key/value", layers, (t, h, 3 * h)),
+        ("attention scores", layers, (batch * heads, seq, d, seq)),
+        ("attention context", layers, (batch * heads, seq, seq, d)),
+        ("attention output", layers, (t, h, h)),
+        ("intermediate", layers, (t, h, i)),
+        ("output", layers, (t, i, h)),
+    ]
+    if head == "qa":
+        shapes.append(("qa_outputs", 1, (t, h, 2)))
+    elif head == "classification":
+        shapes += [("pooler", 1, (batch, h, h)), ("classifier", 1, (batch, h, config.num_labels))]
+    return shapes
+
+
+def matmul_flops(shapes: Sequence[tuple[str, int, tuple[int, ...]]]) -> int:
+    """FLOPs of :func:`matmul_shapes` (a multiply-add is 2)."""
+    return sum(2 * count * int(np.prod(shape)) for _, count, shape in shapes)
+
+
+def _matmul_seconds(shape: tuple[int, ...], repeats: int) -> float:
+    """Best of ``repeats`` timings of one fp32 product of this shape (after one untimed call)."""
+    *b, m, k, n = shape
+    x, w = torch.randn(*b, m, k), torch.randn(*b, k, n)
+    out = torch.empty(*b, m, n)
+    torch.matmul(x, w, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(x, w, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def fp32_ceiling(
+    config: BertConfig, batch: int, seq: int, head: str = "classification", repeats: int = 3
+) -> dict[str, Any]:
+    """Sequences/s of a forward pass made only of its matrix products, each timed alone in fp32 at
+    its own shape with PyTorch's BLAS (this process's threads), and at this machine's large-product
+    rate (a 4096-cube product), with the FLOPs per sequence."""
+    shapes = matmul_shapes(config, batch, seq, head)
+    seconds = sum(count * _matmul_seconds(shape, repeats) for _, count, shape in shapes)
+    peak = 2 * 4096**3 / _matmul_seconds((4096, 4096, 4096), repeats)
+    flops = matmul_flops(shapes)
+    return {
+        "gflop_per_seq": float(f"{flops / batch / 1e9:.4g}"),
+        "matmul_s_per_batch": float(f"{seconds:.4g}"),
+        "gflop_per_s_at_these_shapes": round(flops / seconds / 1e9, 1),
+        "seq_per_s_at_these_shapes": round(batch / seconds, 2),
+        "peak_gflop_per_s": round(peak / 1e9, 1),
+        "seq_per_s_at_peak": round(batch * peak / flops, 2),
+    }
+
+
 def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
     """Throughput (sequences/s over all timed batches) and per-batch latency percentiles in ms."""
     s = np.asarray(seconds, dtype=np.float64)
