@@ -4,6 +4,7 @@ inference benchmark (summary schema, skipped backends with reasons, ratios from 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,6 +206,10 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     assert (out / "throughput.svg").read_text().lstrip().startswith("<?xml")
     m = summary["machine"]
     assert m["cpu"] and m["threads"] == 1 and "onnxruntime" in m["versions"] and "torch" in m["versions"]
+    if Path("/proc/cpuinfo").exists():  # the kernel's flags agree with PyTorch's own CPU detection
+        assert bench.native_cpu_bf16() == bool({"amx_bf16", "avx512_bf16"} & set(m["cpu_isa"]))
+        assert ("avx2" in m["cpu_isa"]) == (m["cpu_capability"] in ("AVX2", "AVX512"))
+        assert ", ".join(m["cpu_isa"]) in (out / "summary.md").read_text()
     assert set(summary["pairs"]) == {"sst2", "tiny"}
     assert summary["pairs"]["tiny"]["teacher"]["layers"] == 2 and summary["pairs"]["sst2"]["kind"] == "task"
 

@@ -452,14 +452,22 @@ def cpu_threads(threads: int | None) -> Iterator[dict[str, Any]]:
             os.sched_setaffinity(0, affinity)
 
 
+# The /proc/cpuinfo flags that change what a CPU backend can do: fp32 vector width, int8 dot
+# products (VNNI) and native bf16.
+CPU_ISA_FLAGS = frozenset(
+    {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+)
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model and cores, GPU, library versions: what a figure was measured on."""
-    cpu = platform.processor() or ""
+    info: dict[str, str] = {}
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's lines
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    cpu = info.get("model name") or platform.processor() or ""
+    flags = set(info.get("flags", "").split())
     versions = {"python": platform.python_version()}
     for pkg in ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -469,6 +477,10 @@ def machine_info() -> dict[str, Any]:
         gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
     return {
         "cpu": cpu,
+        # A model name such as "AMD EPYC" spans CPUs 3x apart in fp32 GEMM rate; the vector units
+        # PyTorch dispatches to, and the int8/bf16 instructions, say which one it was.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_isa": sorted(flags & CPU_ISA_FLAGS),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "gpu": gpu,
@@ -648,7 +660,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines = [
         "# Inference benchmark",
         "",
-        f"Machine: {m['cpu']} ({m['threads']} threads of {m['cpu_count']} CPUs), GPU: {gpu}; "
+        f"Machine: {m['cpu']} ({m['threads']} threads of {m['cpu_count']} CPUs; "
+        f"{', '.join(m.get('cpu_isa') or ['no flags read'])}), GPU: {gpu}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + ".",
         f"Each cell: {summary['settings']['warmup']} warm-up and {summary['settings']['iterations']} timed batches "
