@@ -304,6 +304,8 @@ def test_model_card_figures_are_the_records(sst2_run):
         f"{best['speedup']:.2f}x",
     ]
     assert summary["machine"]["cpu"] in body
+    isa = summary["machine"]["cpu_isa"]  # a model name alone does not tell the speed
+    assert not isa or f"({', '.join(isa)}; " in body
     for stage, prefix in (("prediction", "task prediction distillation"), ("backbone", "task backbone distillation")):
         record = json.loads((tmp / "sst2" / stage / "distill.json").read_text())
         cells = rows[prefix]

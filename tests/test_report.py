@@ -165,4 +165,5 @@ def test_speed_page_from_a_real_benchmark_run(tmp_path):
         )
     assert "tiny (shape): student 1L-32H" in page and "teacher 2L-32H" in page
     assert "torch-fp16" in page and "needs a CUDA GPU" in page
+    assert ", ".join(summary["machine"]["cpu_isa"] or ["no ISA flags read"]) in page  # which CPU it was
     assert plot.read_bytes() == (bench / "throughput.svg").read_bytes()

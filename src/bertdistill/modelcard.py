@@ -170,7 +170,7 @@ def benchmark_rows(summary: Mapping[str, Any], task: str) -> dict[str, Any]:
             {"batch": h["batch"], "seq": h["seq"], **{k: h["best_fp32"][k] for k in sorted(h["best_fp32"])}}
             for h in sorted(rows, key=lambda h: (h["seq"], h["batch"]))
         ],
-        "machine": {k: machine.get(k) for k in ("cpu", "cpu_count", "threads", "gpu")},
+        "machine": {k: machine.get(k) for k in ("cpu", "cpu_isa", "cpu_count", "threads", "gpu")},
         "iterations": summary.get("settings", {}).get("iterations"),
         "pair": summary.get("pairs", {}).get(task, {}),
     }
@@ -626,9 +626,10 @@ def render(facts: Mapping[str, Any]) -> str:
     if speed.get("rows"):
         mc = speed["machine"]
         gpu = f", GPU {mc['gpu'].get('name')}" if isinstance(mc.get("gpu"), Mapping) else ""
+        isa = f"{', '.join(mc['cpu_isa'])}; " if mc.get("cpu_isa") else ""  # a model name alone spans 5x in speed
         lines += [
             f"Measured by the workflow's inference benchmark on {mc.get('cpu') or 'an unnamed CPU'} "
-            f"({mc.get('cpu_count')} cores, {mc.get('threads')} threads{gpu}): random full-length inputs, "
+            f"({isa}{mc.get('cpu_count')} cores, {mc.get('threads')} threads{gpu}): random full-length inputs, "
             f"timed over {speed.get('iterations')} batches per model, alternating with the teacher; the best fp32 "
             "backend of each side:",
             "",

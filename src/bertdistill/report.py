@@ -260,7 +260,8 @@ def write_speed(benchmark: Path, output: Path, plot: Path) -> dict[str, Any]:
     machine = summary.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in (machine.get("versions") or {}).items())
     body = "<h2>Inference speed</h2><p>" + html.escape(
-        f"{machine.get('cpu')} ({machine.get('threads')} threads of {machine.get('cpu_count')} CPUs), "
+        f"{machine.get('cpu')} ({machine.get('threads')} threads of {machine.get('cpu_count')} CPUs; "
+        f"{', '.join(machine.get('cpu_isa') or ['no ISA flags read'])}), "
         f"GPU: {machine.get('gpu') or 'none'}; {versions}"
     )
     body += "</p>"
