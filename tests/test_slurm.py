@@ -194,13 +194,16 @@ def test_dry_run_lists_the_gpus_of_every_training_rule(cluster, tmp_path):
         assert f"cpus_per_gpu={NODE_CPUS}" in resources and "--signal=TERM@120" in resources
 
 
+BATCH = 32  # phase 1's batch in the time-limit test and in its calibration run
+
+
 def _phase1_steps_per_second(tmp_path: Path) -> float:
     """This machine's phase-1 step rate on the config of the test below: a short local run, timed
     by the trainer's own log (its first window, which holds the warm-up, left out)."""
     tmp_path.mkdir()
     wd = copy_workflow(tmp_path)
     config = tiny_config(tmp_path)
-    config["general"]["phase1"]["train"].update(max_steps=300, batch_size=32, snapshot_every=50, log_every=50)
+    config["general"]["phase1"]["train"].update(max_steps=300, batch_size=BATCH, snapshot_every=50, log_every=50)
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(NODE_CPUS), "results/general/phase1"],
@@ -211,7 +214,7 @@ def _phase1_steps_per_second(tmp_path: Path) -> float:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     with open(wd / "results/general/phase1/train.csv", newline="") as f:
-        rates = [float(row["seq_per_s"]) / 32 for row in csv.DictReader(f)][1:]
+        rates = [float(row["seq_per_s"]) / BATCH for row in csv.DictReader(f)][1:]
     return statistics.median(rates)
 
 
@@ -231,7 +234,7 @@ def test_time_limit_kill_resumes_from_the_snapshot_on_the_retry(cluster, tmp_pat
         wd = copy_workflow(tmp_path / name)
         config = tiny_config(tmp_path / name)
         config["general"]["phase1"]["runtime"] = 1
-        config["general"]["phase1"]["train"].update(max_steps=steps, batch_size=32, snapshot_every=50, log_every=50)
+        config["general"]["phase1"]["train"].update(max_steps=steps, batch_size=BATCH, snapshot_every=50, log_every=50)
         (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
         wds[name] = wd
     _profile(wds["slurm"])

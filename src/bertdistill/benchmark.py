@@ -477,7 +477,7 @@ def machine_info() -> dict[str, Any]:
         gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
     return {
         "cpu": cpu,
-        # A model name such as "AMD EPYC" spans CPUs 3x apart in fp32 GEMM rate; the vector units
+        # A model name such as "AMD EPYC" spans CPUs 5x apart in fp32 GEMM rate; the vector units
         # PyTorch dispatches to, and the int8/bf16 instructions, say which one it was.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_isa": sorted(flags & CPU_ISA_FLAGS),
@@ -661,7 +661,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         "# Inference benchmark",
         "",
         f"Machine: {m['cpu']} ({m['threads']} threads of {m['cpu_count']} CPUs; "
-        f"{', '.join(m.get('cpu_isa') or ['no flags read'])}), GPU: {gpu}; "
+        f"{', '.join(m.get('cpu_isa') or ['no ISA flags read'])}), GPU: {gpu}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + ".",
         f"Each cell: {summary['settings']['warmup']} warm-up and {summary['settings']['iterations']} timed batches "

@@ -1,0 +1,82 @@
+"""Is int8 faster than fp32 on this CPU at all? One product of the shape of a 4L-312D student's
+FFN at batch 128 x seq 128 (16384 x 312 x 1200 by default), run through ONNX Runtime as the
+INT8 export runs it (DynamicQuantizeLinear + MatMulInteger) and as fp32 MatMul, interleaved
+after a warm-up. Where the two rates are equal, no dynamic-INT8 graph can beat fp32 here.
+
+Prints one JSON object: GOP/s of each side (best of the rounds) and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from bertdistill.benchmark import machine_info
+
+
+def _session(nodes, inputs, initializers, threads: int) -> ort.InferenceSession:
+    m, k = inputs
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", type=int, nargs=3, default=[16384, 312, 1200], metavar=("M", "K", "N"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    m, k, n = args.shape
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    scale = np.abs(w).max() / 63  # 7-bit weights, as export.reduce_range does
+    wq = np.clip(np.round(w / scale), -64, 63).astype(np.int8)
+    sessions = {
+        "fp32": _session([helper.make_node("MatMul", ["x", "w"], ["y"])], (m, k), [numpy_helper.from_array(w, "w")],
+                         args.threads),
+        "int8": _session(
+            [
+                helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+                helper.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["yi"]),
+                helper.make_node("Cast", ["yi"], ["y"], to=TensorProto.FLOAT),
+            ],
+            (m, k),
+            [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.array(0, np.int8), "wz")],
+            args.threads,
+        ),
+    }  # fmt: skip
+    x = {"x": rng.standard_normal((m, k)).astype(np.float32)}
+    seconds = {name: [] for name in sessions}
+    for s in sessions.values():
+        s.run(None, x)  # warm-up
+    for _ in range(args.rounds):
+        for name, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, x)
+            seconds[name].append(time.perf_counter() - t)
+    gops = {name: round(2 * m * k * n / min(v) / 1e9, 1) for name, v in seconds.items()}
+    mc = machine_info()
+    print(json.dumps({
+        "shape": [m, k, n], "threads": args.threads, "rounds": args.rounds, "gop_per_s": gops,
+        "int8_vs_fp32": round(gops["int8"] / gops["fp32"], 3),
+        "machine": {key: mc[key] for key in ("cpu", "cpu_capability", "cpu_isa", "cpu_count")},
+        "onnxruntime": ort.__version__,
+    }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
