@@ -4,6 +4,7 @@ from snakemake.utils import min_version, validate
 
 from bertdistill.cluster import check_slurm, slurm_requested
 from bertdistill.config import check_config, coerce_cli_strings, shard_count
+from bertdistill.snapshots import clear_finished_snapshots
 
 min_version("9.0")
 
@@ -46,6 +47,13 @@ if slurm_requested(sys.argv):
 
 
 report: "report/workflow.rst"
+
+
+# Training jobs keep their final snapshot: a job killed after writing its output but before this
+# process recorded it (a time limit in its last seconds) loses the output, and its retry resumes
+# there. Once the whole run succeeded, every output is recorded and the snapshots can go.
+onsuccess:
+    clear_finished_snapshots("results")
 
 
 rule all:

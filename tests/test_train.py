@@ -264,7 +264,7 @@ def test_mixed_precision_runs(tmp_path, precision):
 
 def test_saved_output_records_selection(tmp_path):
     """The stages' train-and-save skeleton: the output holds the student, its projection, train.csv
-    and distill.json (settings, selection); the snapshots are gone."""
+    and distill.json (settings, selection); the final snapshot stays for the caller to clear."""
     import json
 
     from bertdistill.stages.common import train_and_save
@@ -286,7 +286,43 @@ def test_saved_output_records_selection(tmp_path):
     assert record["selection"]["keep"] == "last" and record["selection"]["selected_step"] == 2 == result.steps
     assert record["train"]["lr"] == 1e-2 and record["stage"] == "test"
     assert (out / "projection.safetensors").is_file() and len((out / "train.csv").read_text().splitlines()) == 3
-    assert not (tmp_path / ".out.snapshots").exists()
+    assert torch.load(tmp_path / ".out.snapshots" / "snapshot.pt", weights_only=True)["step"] == 2
+
+
+def test_output_lost_after_training_is_rewritten_from_the_final_snapshot(tmp_path):
+    """A SLURM time limit that lands after a stage wrote its output but before Snakemake recorded
+    the job: Snakemake deletes the output and retries. Before, the stage had already removed its
+    snapshots and the retry trained from step 0 (or from the last periodic snapshot). Now the retry
+    resumes at the last step, trains nothing, and writes the same weights; the snapshot goes only
+    when the caller knows the output is recorded."""
+    import json
+    import shutil
+
+    from bertdistill.checkpoints import load_model
+    from bertdistill.snapshots import clear_finished_snapshots
+    from bertdistill.stages.common import train_and_save
+
+    cfg = TrainConfig(max_steps=5, batch_size=8, lr=1e-2, snapshot_every=2, log_every=1)
+    out = tmp_path / "phase1"
+
+    def run():
+        objective, teacher = tiny_objective()
+        train_and_save(objective, tiny_data(), cfg, out, None, record={"stage": "phase1"}, vocab=None, teacher=teacher)
+        return json.loads((out / "distill.json").read_text()), load_model(out).state_dict()
+
+    first, weights_first = run()
+    losses_first = [r["loss"] for r in read_csv(out / "train.csv")]
+    assert first["steps"] == 5 and first["resumed_from_step"] == 0 and len(losses_first) == 5
+    shutil.rmtree(out)  # what Snakemake does with the output of a job that did not end in success
+    retry, weights_retry = run()
+    assert retry["steps"] == 5 and retry["resumed_from_step"] == 5  # not 0, not the periodic snapshot at 4
+    assert all(torch.equal(weights_first[k], weights_retry[k]) for k in weights_first)
+    assert [r["loss"] for r in read_csv(out / "train.csv")] == losses_first  # the log of the run that trained
+    # Once the outputs are recorded (Snakemake's onsuccess, or a CLI stage that returned), the
+    # folders of existing outputs go; one whose output is missing (a job still to retry) stays.
+    kept = shutil.copytree(tmp_path / ".phase1.snapshots", tmp_path / ".phase2.snapshots")
+    assert clear_finished_snapshots(tmp_path) == [tmp_path / ".phase1.snapshots"]
+    assert kept.is_dir() and not (tmp_path / ".phase1.snapshots").exists()
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from bertdistill.checkpoints import load_model, load_projection
 from helpers import planned_jobs, smk, tiny_teacher, write_corpus
@@ -47,6 +48,50 @@ def test_general_phases_run_rerun_and_targeted_rerun(tiny_workdir):
 
     changed = smk(wd, "-n", "--cores", "2", target, "--config", "general={'phase2': {'train': {'lr': 0.002}}}")
     assert planned_jobs(changed) == {"general_phase2": 1}
+
+
+def test_job_killed_after_writing_its_output_finishes_from_its_final_snapshot(tiny_workdir):
+    """The SLURM time-limit race, with Snakemake's local executor: the phase-1 job is killed the
+    moment its output appears, before Snakemake records it. Snakemake deletes the output as
+    incomplete; the rerun must resume at the last step instead of training again (before: the
+    stage had already removed its snapshots and the rerun started from step 0). The snapshots go
+    in the Snakefile's onsuccess, once the output is recorded."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil  # a dependency of Snakemake
+
+    wd, target = tiny_workdir, "results/general/phase1"
+    out, snapshots = wd / target, wd / "results/general/.phase1.snapshots"
+    steps = yaml.safe_load((wd / "config/config.yaml").read_text())["general"]["phase1"]["train"]["max_steps"]
+    smk(wd, "--cores", "2", "--until", "pretraining_shard")  # the inputs, so only phase 1 runs below
+    for attempt in range(3):  # a kill that comes after Snakemake recorded the job proves nothing: again
+        args = ["--forcerun", "general_phase1"] if attempt else []
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--cores", "2", target, *args],
+            cwd=wd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        while not out.exists() and proc.poll() is None:
+            time.sleep(0.002)
+        for child in psutil.Process(proc.pid).children(recursive=True):  # the job, not Snakemake
+            child.kill()
+        log = proc.communicate(timeout=300)[0]
+        if proc.returncode != 0:
+            break
+    assert proc.returncode != 0, "the job ended before it could be killed, three times"
+    assert "Error in rule general_phase1" in log, log[-3000:]
+    assert not out.exists()  # Snakemake removed the output of the failed job
+    assert torch.load(snapshots / "snapshot.pt", weights_only=True)["step"] == steps  # the final one, kept
+
+    smk(wd, "--cores", "2", target)
+    record = json.loads((out / "distill.json").read_text())
+    assert record["steps"] == steps and record["resumed_from_step"] == steps  # nothing trained again
+    assert len((out / "train.csv").read_text().strip().splitlines()) == steps + 1  # the first attempt's log
+    assert not snapshots.exists()  # the run succeeded: onsuccess removed them
 
 
 def test_phase2_really_starts_from_phase1(tmp_path):
@@ -124,3 +169,4 @@ def test_cli_general_under_torchrun_two_processes(tmp_path):
     record = json.loads((tmp_path / "out" / "distill.json").read_text())
     assert record["steps"] == 3 and record["stage"] == "phase1" and record["world_size"] == 2
     assert len((tmp_path / "out" / "train.csv").read_text().strip().splitlines()) == 4
+    assert not (tmp_path / ".out.snapshots").exists()  # the command returned: its output is final

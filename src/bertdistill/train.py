@@ -6,7 +6,9 @@ teacher, if any, runs under ``torch.inference_mode`` and only produces ``targets
 
 Resumability: every ``snapshot_every`` steps, and when SIGTERM arrives (SLURM time limits,
 preemption), the trainer writes model, projection, optimizer, schedule, scaler, every rank's RNG
-states and the data position to ``snapshot_dir``. Running the same command again resumes from it,
+states and the data position to ``snapshot_dir``; and once more after the last step, so a finished
+run whose output is lost before it is recorded (a kill in the job's last seconds) costs no training.
+The caller removes the folder once the output is recorded. Running the same command again resumes from it,
 bit for bit on CPU in fp32. The data order is a pure function of (seed, epoch), or for a
 :class:`BatchStream` (pre-training shards read as a stream) of (seed, rank, world), so the data
 position follows from the step count; streams also record it in the snapshot. A snapshot is
@@ -753,9 +755,12 @@ class Trainer:
             bar.set_postfix(loss=f"{run.last_terms['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
 
     def _snapshot_or_stop(self, run: _Run, objective: nn.Module, flag: dict[str, bool], logger) -> None:
-        """Snapshot every ``snapshot_every`` steps; on SIGTERM (any rank) snapshot and exit 143."""
+        """Snapshot every ``snapshot_every`` steps and after the last one; on SIGTERM (any rank)
+        snapshot and exit 143. The final snapshot lets a job killed after its training ended (its
+        output written but not yet recorded by the scheduler, which then deletes it) finish on the
+        retry without training again."""
         stop = _all_reduce_sum(torch.tensor([1.0 if flag["stop"] else 0.0]), self.dist).item() > 0
-        if run.step % self.cfg.snapshot_every == 0 or stop:
+        if run.step % self.cfg.snapshot_every == 0 or stop or run.step == run.total:
             self._write_snapshot(run, objective)
         if self.on_step is not None:
             self.on_step(run.step, run.last_terms)
@@ -915,7 +920,7 @@ class Trainer:
         log.info("resumed from %s at step %d%s", self._snapshot_path(), run.step, f" (data: {where})" if where else "")
 
     def clear_snapshots(self) -> None:
-        """Remove the snapshot folder once the stage's output is safely written."""
+        """Remove the snapshot folder (a caller that records the output itself, not a stage)."""
         _barrier(self.dist)
         if self.dist.main and self.snapshot_dir.exists():
             shutil.rmtree(self.snapshot_dir)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..checkpoints import CheckpointError, save_model
 from ..settings import TrainConfig
+from ..snapshots import snapshot_dir_for
 
 
 def check_positions(data_path: Path | list[Path], length: int, *models: tuple[Path, Any]) -> None:
@@ -23,11 +24,6 @@ def check_positions(data_path: Path | list[Path], length: int, *models: tuple[Pa
                 f"{data_path}: sequences of {length} tokens, but {path} has max_position_embeddings {positions}; "
                 f"rebuild the data with max_seq_length <= {positions}"
             )
-
-
-def snapshot_dir_for(output: Path, snapshot_dir: Path | None) -> Path:
-    """Snapshots live next to the output (``.{name}.snapshots``), outside the declared output."""
-    return Path(snapshot_dir) if snapshot_dir else output.with_name(f".{output.name}.snapshots")
 
 
 def train_and_save(
@@ -49,8 +45,7 @@ def train_and_save(
 ) -> Any:
     """The skeleton of every training stage: fit ``objective`` with resumable snapshots, then
     (rank 0) write the student, its projection, ``train.csv`` and ``distill.json`` to
-    ``output`` (renamed into place only now, so the output appears for a finished stage), then
-    remove the snapshots.
+    ``output`` (renamed into place only now, so the output appears for a finished stage).
 
     ``record`` is what the stage adds to ``distill.json`` (and to the snapshot fingerprint: a
     snapshot made with another record is not resumed); ``inputs`` are the files and folders the
@@ -58,8 +53,9 @@ def train_and_save(
     snapshot was taken means starting afresh). ``after_fit()`` runs once training is
     done; its result joins the record and, with ``after_fit_file``, is written as that JSON file
     into the output too. ``labels`` and ``lowercase`` go to :func:`~bertdistill.checkpoints.save_model`
-    (the class names and the tokenizer's lower-casing of the saved folder). Returns the
-    :class:`~bertdistill.train.TrainResult`.
+    (the class names and the tokenizer's lower-casing of the saved folder). The snapshots stay:
+    the caller removes them once the output is recorded (:func:`~bertdistill.snapshots.clear_finished_snapshots`).
+    Returns the :class:`~bertdistill.train.TrainResult`.
     """
     from ..train import Trainer
 
@@ -103,7 +99,6 @@ def train_and_save(
             labels=labels,
             lowercase=lowercase,
         )
-    trainer.clear_snapshots()
     return result
 
 

@@ -1,0 +1,35 @@
+"""Where a training stage's snapshots live, and when they go.
+
+A stage snapshots into ``.{output}.snapshots`` beside its output, and keeps its final snapshot
+after writing the output: a job killed in its last seconds (a SLURM time limit landing after the
+output was written but before Snakemake recorded the job) has its output deleted by Snakemake,
+and the retry finishes from that snapshot instead of training again. The folders go once nothing
+can delete the outputs any more: after the whole Snakemake run succeeded (the Snakefile's
+``onsuccess``), or once a stage run from the command line returned. No torch here: the
+Snakefile imports this module.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+SNAPSHOTS = ".{}.snapshots"  # the snapshot folder of output NAME, beside it
+
+
+def snapshot_dir_for(output: Path, snapshot_dir: Path | None) -> Path:
+    """Snapshots live next to the output (``.{name}.snapshots``), outside the declared output."""
+    return Path(snapshot_dir) if snapshot_dir else Path(output).with_name(SNAPSHOTS.format(Path(output).name))
+
+
+def clear_finished_snapshots(root: Path) -> list[Path]:
+    """Remove every snapshot folder under ``root`` whose output exists, once the outputs are
+    recorded; return the folders removed. Folders set aside as stale (``.stale-<time>``) and
+    those of outputs that do not exist stay."""
+    removed = []
+    for folder in sorted(Path(root).rglob(SNAPSHOTS.format("*"))):
+        output = folder.with_name(folder.name[1 : -len(".snapshots")])
+        if folder.is_dir() and output.exists():
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
