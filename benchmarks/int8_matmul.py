@@ -1,9 +1,13 @@
 """Is int8 faster than fp32 on this CPU at all? One product of the shape of a 4L-312D student's
 FFN at batch 128 x seq 128 (16384 x 312 x 1200 by default), run through ONNX Runtime as the
-INT8 export runs it (DynamicQuantizeLinear + MatMulInteger) and as fp32 MatMul, interleaved
-after a warm-up. Where the two rates are equal, no dynamic-INT8 graph can beat fp32 here.
+INT8 export runs it (DynamicQuantizeLinear + MatMulInteger) and as fp32 MatMul, and through
+PyTorch's own dynamic INT8 Linear (``torch.ao.quantization.quantize_dynamic``: FBGEMM/oneDNN
+kernels, its default engine) and fp32 Linear: two independent int8 kernel libraries. All four
+are interleaved after a warm-up. Where int8 and fp32 rates are equal, no dynamic-INT8 graph can
+beat fp32 here.
 
-Prints one JSON object: GOP/s of each side (best of the rounds) and their ratio.
+Prints one JSON object: GOP/s of each side (best of the rounds) and the int8/fp32 ratio of each
+library.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 
 import numpy as np
 import onnxruntime as ort
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bertdistill.benchmark import machine_info
@@ -59,22 +65,38 @@ def main() -> None:
             args.threads,
         ),
     }  # fmt: skip
-    x = {"x": rng.standard_normal((m, k)).astype(np.float32)}
-    seconds = {name: [] for name in sessions}
-    for s in sessions.values():
-        s.run(None, x)  # warm-up
-    for _ in range(args.rounds):
-        for name, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, x)
-            seconds[name].append(time.perf_counter() - t)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    torch.set_num_threads(args.threads)
+    linear = torch.nn.Linear(k, n, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(w.T))
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao, yet still ships
+        warnings.simplefilter("ignore")
+        qlinear = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, torch.qint8)
+    xt = torch.from_numpy(x)
+    runs = {
+        "ort_fp32": lambda: sessions["fp32"].run(None, {"x": x}),
+        "ort_int8": lambda: sessions["int8"].run(None, {"x": x}),
+        "torch_fp32": lambda: linear(xt),
+        "torch_int8": lambda: qlinear(xt),
+    }
+    seconds = {name: [] for name in runs}
+    with torch.inference_mode():
+        for run in runs.values():
+            run()  # warm-up
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                t = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - t)
     gops = {name: round(2 * m * k * n / min(v) / 1e9, 1) for name, v in seconds.items()}
     mc = machine_info()
     print(json.dumps({
         "shape": [m, k, n], "threads": args.threads, "rounds": args.rounds, "gop_per_s": gops,
-        "int8_vs_fp32": round(gops["int8"] / gops["fp32"], 3),
+        "int8_vs_fp32": {lib: round(gops[f"{lib}_int8"] / gops[f"{lib}_fp32"], 3) for lib in ("ort", "torch")},
         "machine": {key: mc[key] for key in ("cpu", "cpu_capability", "cpu_isa", "cpu_count")},
-        "onnxruntime": ort.__version__,
+        "onnxruntime": ort.__version__, "torch": torch.__version__,
+        "torch_quantized_engine": torch.backends.quantized.engine,
     }, indent=1))  # fmt: skip
 
 
