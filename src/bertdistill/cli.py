@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 from . import __version__
 from .launch import WORKER, run_stage
 from .settings import literal_choices
-from .snapshots import snapshot_dir_for
+from .snapshots import clear_snapshots
 from .stages import STAGES, Stage
 from .stages.registry import TaskName, dataclass_fields, is_settings, unwrap_optional
 
@@ -311,15 +310,6 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
-def _clear_snapshots(output: Path, snapshot_dir: str | None) -> None:
-    """A training stage keeps its final snapshot for a scheduler that may still delete its output
-    (see :mod:`bertdistill.snapshots`); run from the command line, the output is final once the
-    stage returns."""
-    folder = snapshot_dir_for(output, Path(snapshot_dir) if snapshot_dir else None)
-    if output.exists() and folder.is_dir():
-        shutil.rmtree(folder)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [WORKER]:  # a torchrun worker: the stage's plain keyword arguments in a JSON file
@@ -338,7 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError) as e:  # our errors (CheckpointError, ShardError, ...) are ValueErrors
         print(f"bertdistill {entry.name}: error: {e}", file=sys.stderr)
         return 2
-    if "snapshot_dir" in entry.parameters:  # the output is written and nothing will delete it now
-        _clear_snapshots(Path(kwargs["output"]), kwargs.get("snapshot_dir"))
+    # A training stage keeps its final snapshot for a scheduler that may still delete its output
+    # (bertdistill.snapshots); run from the command line, the output is final once it returns.
+    if "snapshot_dir" in entry.parameters:
+        clear_snapshots(Path(kwargs["output"]), kwargs.get("snapshot_dir"))
     print(json.dumps(result, indent=2, default=str) if isinstance(result, (dict, list)) else result)
     return 0

@@ -22,14 +22,18 @@ def snapshot_dir_for(output: Path, snapshot_dir: Path | None) -> Path:
     return Path(snapshot_dir) if snapshot_dir else Path(output).with_name(SNAPSHOTS.format(Path(output).name))
 
 
+def clear_snapshots(output: Path, snapshot_dir: Path | None = None) -> bool:
+    """Remove the snapshot folder of ``output`` if the output exists; True if it was removed."""
+    folder = snapshot_dir_for(output, snapshot_dir)
+    if not (Path(output).exists() and folder.is_dir()):
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
 def clear_finished_snapshots(root: Path) -> list[Path]:
-    """Remove every snapshot folder under ``root`` whose output exists, once the outputs are
+    """:func:`clear_snapshots` for every snapshot folder under ``root``, once the outputs are
     recorded; return the folders removed. Folders set aside as stale (``.stale-<time>``) and
     those of outputs that do not exist stay."""
-    removed = []
-    for folder in sorted(Path(root).rglob(SNAPSHOTS.format("*"))):
-        output = folder.with_name(folder.name[1 : -len(".snapshots")])
-        if folder.is_dir() and output.exists():
-            shutil.rmtree(folder)
-            removed.append(folder)
-    return removed
+    folders = sorted(Path(root).rglob(SNAPSHOTS.format("*")))
+    return [f for f in folders if clear_snapshots(f.with_name(f.name[1 : -len(".snapshots")]), f)]
