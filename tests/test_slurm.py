@@ -197,13 +197,9 @@ def test_dry_run_lists_the_gpus_of_every_training_rule(cluster, tmp_path):
 BATCH = 32  # phase 1's batch in the time-limit test and in its calibration run
 
 
-def _phase1_steps_per_second(tmp_path: Path) -> float:
-    """This machine's phase-1 step rate on the config of the test below: a short local run, timed
-    by the trainer's own log (its first window, which holds the warm-up, left out)."""
-    tmp_path.mkdir()
-    wd = copy_workflow(tmp_path)
-    config = tiny_config(tmp_path)
-    config["general"]["phase1"]["train"].update(max_steps=300, batch_size=BATCH, snapshot_every=50, log_every=50)
+def _local_phase1(wd: Path, config: dict, **train: int) -> Path:
+    """Phase 1 (and whatever it still needs) run by a local Snakemake with these training settings."""
+    config["general"]["phase1"]["train"].update(train)
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(NODE_CPUS), "results/general/phase1"],
@@ -213,43 +209,49 @@ def _phase1_steps_per_second(tmp_path: Path) -> float:
         timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    with open(wd / "results/general/phase1/train.csv", newline="") as f:
-        rates = [float(row["seq_per_s"]) / BATCH for row in csv.DictReader(f)][1:]
-    return statistics.median(rates)
+    return wd / "results/general/phase1"
 
 
 def test_time_limit_kill_resumes_from_the_snapshot_on_the_retry(cluster, tmp_path):
     """Phase 1 runs longer than its 1-minute SLURM limit: SLURM's SIGTERM makes the trainer write a
     snapshot and exit; Snakemake's retry (runtime x attempt) resumes and completes it. The weights
     equal an uninterrupted local run's (CPU, fp32, same thread count)."""
-    # About 90 s of training on this machine: past the first attempt's 1-minute limit, and done
-    # well within the second's 2 minutes, so the retry resumes mid-training. (A fixed 2,000 steps
-    # ended the second attempt within seconds of its limit on a 2.5x slower machine; the kill
-    # landed after the output was written and Snakemake removed it. The final snapshot now makes
-    # a third attempt resume at the last step: tests/test_workflow_general.py.)
-    steps = max(500, int(_phase1_steps_per_second(tmp_path / "calibration") * 90) // 50 * 50)
-    wds = {}
-    for name in ("slurm", "local"):
-        (tmp_path / name).mkdir()
-        wd = copy_workflow(tmp_path / name)
-        config = tiny_config(tmp_path / name)
-        config["general"]["phase1"]["runtime"] = 1
-        config["general"]["phase1"]["train"].update(max_steps=steps, batch_size=BATCH, snapshot_every=50, log_every=50)
-        (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
-        wds[name] = wd
-    _profile(wds["slurm"])
+    wd = copy_workflow(tmp_path)
+    config = tiny_config(tmp_path)
+    config["general"]["phase1"]["runtime"] = 1
+    # Calibration: this machine's step rate from 300 local steps, timed by the trainer's own log (its
+    # first window, which holds the warm-up, left out). The run also builds phase 1's inputs, which
+    # the two runs below share: only phase 1 itself goes through SLURM here (the SST-2 test above
+    # sends every rule through sbatch).
+    out = _local_phase1(wd, config, max_steps=300, batch_size=BATCH, snapshot_every=50, log_every=50)
+    with open(out / "train.csv", newline="") as f:
+        rate = statistics.median([float(row["seq_per_s"]) / BATCH for row in csv.DictReader(f)][1:])
+    # About 90 s of training: past the first attempt's 1-minute limit, and done well within the
+    # second's 2 minutes, so the retry resumes mid-training. (A fixed 2,000 steps ended the second
+    # attempt within seconds of its limit on a 2.5x slower machine; the kill landed after the output
+    # was written and Snakemake removed it. The final snapshot now makes a third attempt resume at
+    # the last step: tests/test_workflow_general.py.)
+    steps = max(500, int(rate * 90) // 50 * 50)
+    # The uninterrupted reference: the changed max_steps reruns phase 1 alone, from step 0.
+    out = _local_phase1(wd, config, max_steps=steps)
+    record = json.loads((out / "distill.json").read_text())
+    assert record["steps"] == steps and record["resumed_from_step"] == 0, record
+    reference = load_model(out).state_dict()
+    shutil.rmtree(out)
+    _profile(wd)
     # The tiny snapshot lands well within SLURM's 30 s between SIGTERM and SIGKILL.
-    profile = wds["slurm"] / "slurm/config.yaml"
+    profile = wd / "slurm/config.yaml"
     profile.write_text(profile.read_text().replace("slurm_extra: \"'--signal=TERM@120'\"", "slurm_extra: ''"))
-    run = _snakemake(wds["slurm"], cluster, "--profile", "slurm", "results/general/phase1", timeout=1500)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-5000:]
-    record = json.loads((wds["slurm"] / "results/general/phase1/distill.json").read_text())
+    run = _snakemake(wd, cluster, "--profile", "slurm", "results/general/phase1", timeout=1500)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-5000:]
+    assert set(re.findall(r"^rule (\w+):", log, flags=re.M)) == {"general_phase1"}, log[-3000:]
+    record = json.loads((out / "distill.json").read_text())
     # fewer steps on the retry (all of them only if a kill came after the output was written)
     assert record["steps"] == steps and 0 < record["resumed_from_step"] <= steps, record
-    assert not (wds["slurm"] / "results/general/.phase1.snapshots").exists()  # onsuccess, on the login side
+    assert not (wd / "results/general/.phase1.snapshots").exists()  # onsuccess, on the login side
     # SLURM's record: phase 1's first job hit its time limit, a retry completed.
-    ids = _job_ids(out)
+    ids = _job_ids(log)
     acct = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State,Timelimit"],
         env=cluster,
@@ -260,15 +262,6 @@ def test_time_limit_kill_resumes_from_the_snapshot_on_the_retry(cluster, tmp_pat
     states = [line.split("|")[1] for line in acct.splitlines()]
     assert states.count("TIMEOUT") >= 1 and states[-1] == "COMPLETED", acct  # a slow hour may need a third try
     print(json.dumps({"resumed_from_step": record["resumed_from_step"], "steps": steps, "sacct": acct.splitlines()}))
-    local = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", str(NODE_CPUS), "results/general/phase1"],
-        cwd=wds["local"],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert local.returncode == 0, local.stderr[-3000:]
-    a = load_model(wds["slurm"] / "results/general/phase1").state_dict()
-    b = load_model(wds["local"] / "results/general/phase1").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    shutil.rmtree(wds["local"] / ".snakemake", ignore_errors=True)
+    resumed = load_model(out).state_dict()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    shutil.rmtree(wd / ".snakemake", ignore_errors=True)
