@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import transformers
 
@@ -25,6 +26,12 @@ from bertdistill.objectives import make_projection
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "schemas", "profiles", "envs", "config", "report")
+
+# The devices a device-parametrised test runs on: the CPU everywhere, CUDA where there is a GPU
+# (marked `cuda`: benchmarks/gpu_check.sh selects them with -m cuda on a GPU machine).
+NO_CUDA = "needs a CUDA GPU (torch.cuda.is_available() is False); benchmarks/gpu_check.sh runs it on one"
+CUDA = pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)))
+DEVICES = ["cpu", CUDA]
 
 # ----------------------------------------------------------------------------------------------
 # Tiny BERTs and vocabularies

@@ -4,11 +4,16 @@ inference benchmark (summary schema, skipped backends with reasons, ratios from 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from bertdistill import benchmark as bench
 from bertdistill.export import FILES, ExportError, OnnxModel, export_files
@@ -17,7 +22,7 @@ from bertdistill.model import BertConfig, build_model
 from bertdistill.settings import BACKENDS, BenchmarkSettings, ExportSettings, FeatureSettings
 from bertdistill.stages import deploy
 from bertdistill.tasks import build_task_features, get_task, write_h5
-from helpers import task_teacher, write_squad, write_sst2
+from helpers import REPO, task_teacher, write_squad, write_sst2
 
 pytest.importorskip("onnxruntime")
 
@@ -250,6 +255,36 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     )
     md = (out / "summary.md").read_text()
     assert "| ort-fused | fp32 | 3 | 16 |" in md and "Skipped backends" in md
+
+
+def test_gpu_check_script_writes_every_file_and_runs_the_cuda_tests(tmp_path):
+    """benchmarks/gpu_check.sh from this checkout, a tiny shape in place of BERT-base: it writes
+    machine.txt, the GPU benchmark's JSON and the report of the tests marked cuda, every one of
+    them collected (a renamed test file would show here). Without a GPU every GPU backend is
+    skipped with the reason, and so is every cuda test; none errors."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"benchmark": {"shapes": TINY_SHAPES}}))
+    out = tmp_path / "out"
+    bench_args = f"--config {config} --shape tiny --batch-sizes 2 --seq-lengths 16 --warmup 1 --iterations 2"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BENCH_ARGS": bench_args}
+    run = subprocess.run(
+        ["bash", str(REPO / "benchmarks/gpu_check.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    files = {"machine.txt", "inference_gpu.json", "inference_gpu.log", "pytest_cuda.log", "pytest_cuda.xml"}
+    assert {p.name for p in out.iterdir()} == files
+    summary = json.loads((out / "inference_gpu.json").read_text())
+    assert summary["errors"] == [] and summary["settings"]["seq_lengths"] == [16]
+    (suite,) = ElementTree.parse(out / "pytest_cuda.xml").getroot().iter("testsuite")
+    count = {k: int(suite.get(k)) for k in ("tests", "skipped", "errors", "failures")}
+    assert count["tests"] >= 19 and count["errors"] == count["failures"] == 0, count
+    if not torch.cuda.is_available():
+        assert "cuda available: False" in (out / "machine.txt").read_text()
+        skipped = {s["backend"]: s["reason"] for s in summary["skipped"]}
+        gpu = {"torch-fp16", "torch-bf16", "torch-compile", "ort-cuda-fp16", "ort-tensorrt", "tensorrt-fp16"}
+        assert set(skipped) == gpu and summary["results"] == []
+        assert all("CUDA" in why or "Tensorrt" in why for why in skipped.values()), skipped
+        assert count["skipped"] == count["tests"]
 
 
 def test_missing_backend_is_reported_with_its_reason(tmp_path, monkeypatch):

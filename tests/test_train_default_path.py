@@ -42,6 +42,7 @@ import bertdistill.train as train_module
 from bertdistill.train import TrainConfig, Trainer, epoch_permutation, load_snapshot_file, trim_padding
 from helpers import (
     CHILD,
+    DEVICES,
     ENV,
     child,
     classifier_data,
@@ -73,11 +74,11 @@ def _sgd_config(**kw) -> TrainConfig:
 
 def _fit_recording(cfg, tmp_path, objective, data, name="run"):
     """Fit, keeping the weights after every step (and the logged loss terms)."""
-    states = [{k: v.clone() for k, v in objective.state_dict().items()}]
+    states = [{k: v.to("cpu", copy=True) for k, v in objective.state_dict().items()}]
     terms = []
 
     def on_step(step, t):
-        states.append({k: v.clone() for k, v in objective.state_dict().items()})
+        states.append({k: v.to("cpu", copy=True) for k, v in objective.state_dict().items()})
         terms.append(dict(t))
 
     result = Trainer(cfg, tmp_path / name, on_step=on_step).fit(objective, data)
@@ -252,25 +253,27 @@ def test_ddp_with_dynamic_padding_matches_one_process(tmp_path):
 # Mixed precision
 
 
-def _one_sgd_step(tmp_path, precision, name):
-    cfg = _sgd_config(max_steps=1, batch_size=GLOBAL, precision=precision, lr=0.1)
+def _one_sgd_step(tmp_path, precision, name, device="cpu"):
+    cfg = _sgd_config(max_steps=1, batch_size=GLOBAL, precision=precision, lr=0.1, device=device)
     # Weights of std 0.3: logits far from 0, so the loss is not stuck near ln 3 (std 0.02's).
     states, terms, _ = _fit_recording(cfg, tmp_path, tiny_classifier(init=0.3), classifier_data(N), name)
     delta = {k: states[1][k] - states[0][k] for k in states[0]}
     return terms[0]["loss"], delta, states[1]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("precision", "loss_rel", "step_rel"), [("bf16", 5e-3, 3e-2), ("fp16", 1e-3, 1e-2)])
-def test_mixed_precision_loss_and_step_close_to_fp32(tmp_path, monkeypatch, precision, loss_rel, step_rel):
-    """Under autocast (CPU here, CUDA on a GPU machine) the first loss is within ``loss_rel`` of
-    fp32's (bf16 5e-3, fp16 1e-3) and one SGD step's update (all weights as one vector) within
-    ``step_rel`` of fp32's in L2 norm (bf16 3e-2, fp16 1e-2); master weights stay fp32. Measured
-    on CPU over 4 seeds: loss at most 6e-4 (bf16) and 2e-4 (fp16), update 5e-3 and 1.4e-3, so
-    the bounds hold 6x or more of margin. fp16's update passes through the gradient scaler
-    (scale 2^16, unscaled before the step): a scale left in the gradient would fail by far."""
+def test_mixed_precision_loss_and_step_close_to_fp32(tmp_path, monkeypatch, precision, loss_rel, step_rel, device):
+    """Under autocast on ``device`` (the CPU; CUDA on a GPU machine) the first loss is within
+    ``loss_rel`` of the CPU's fp32 loss (bf16 5e-3, fp16 1e-3) and one SGD step's update (all
+    weights as one vector) within ``step_rel`` of fp32's in L2 norm (bf16 3e-2, fp16 1e-2); master
+    weights stay fp32. Measured on CPU over 4 seeds: loss at most 6e-4 (bf16) and 2e-4 (fp16),
+    update 5e-3 and 1.4e-3, so the bounds hold 6x or more of margin. fp16's update passes through
+    the gradient scaler (scale 2^16, unscaled before the step): a scale left in the gradient would
+    fail by far."""
     _sgd(monkeypatch)
     ref_loss, ref_delta, _ = _one_sgd_step(tmp_path, "fp32", "fp32")
-    loss, delta, after = _one_sgd_step(tmp_path, precision, precision)
+    loss, delta, after = _one_sgd_step(tmp_path, precision, precision, device)
     assert loss == pytest.approx(ref_loss, rel=loss_rel)
     flat = torch.cat([delta[k].flatten() for k in delta])
     ref = torch.cat([ref_delta[k].flatten() for k in ref_delta])
@@ -295,20 +298,23 @@ class _Overflow(torch.nn.Module):
         return terms
 
 
-def test_grad_scaler_skips_an_overflow_step_and_goes_on(tmp_path):
-    """fp16 (AdamW, clipping on: the defaults): a step whose scaled gradients overflow is skipped:
-    weights and the optimizer's state unchanged, the scale halved (2^16 → 2^15), counted in
-    ``skipped_steps``; the next steps update the weights again."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_grad_scaler_skips_an_overflow_step_and_goes_on(tmp_path, device):
+    """fp16 (AdamW, clipping on: the defaults; fused AdamW on CUDA): a step whose scaled gradients
+    overflow is skipped: weights and the optimizer's state unchanged, the scale halved
+    (2^16 → 2^15), counted in ``skipped_steps``; the next steps update the weights again."""
     objective = _Overflow(tiny_classifier())
     snap = tmp_path / "snap"
     seen = []
 
     def on_step(step, terms):
         state = load_snapshot_file(snap / "snapshot.pt")
-        seen.append(({k: v.clone() for k, v in objective.state_dict().items()}, state))
+        seen.append(({k: v.to("cpu", copy=True) for k, v in objective.state_dict().items()}, state))
         objective.armed = step == 1  # step 2 overflows
 
-    cfg = TrainConfig(max_steps=4, batch_size=GLOBAL, lr=1e-2, precision="fp16", snapshot_every=1, log_every=1)
+    cfg = TrainConfig(
+        max_steps=4, batch_size=GLOBAL, lr=1e-2, precision="fp16", snapshot_every=1, log_every=1, device=device
+    )
     result = Trainer(cfg, snap, on_step=on_step).fit(objective, classifier_data(N))
     scales = [s["scaler"]["scale"] for _, s in seen]
     assert scales == [2.0**16, 2.0**15, 2.0**15, 2.0**15]
