@@ -2,7 +2,8 @@
 # The GPU check: one run on a machine with a CUDA GPU, from a plain checkout (nothing installed
 # beyond PyTorch, ONNX Runtime, onnx and transformers, which a GPU image usually holds; the
 # checkout's src/ goes on PYTHONPATH). It writes under $OUT (default: ./gpu_check):
-#   machine.txt          nvidia-smi, library versions, ONNX Runtime's providers, tensorrt or not
+#   nvidia-smi.txt       the GPU as the driver sees it
+#   machine.json         the benchmark's machine record (CPU, GPU, versions) and ONNX Runtime's providers
 #   inference_gpu.json   benchmarks/inference.py --gpu: 4L-312D against BERT-base, batch 128,
 #                        seq 128 and 384, fp16/bf16 eager, torch.compile (CUDA graphs), ONNX
 #                        Runtime CUDA/TensorRT and TensorRT FP16 where installed (else skipped,
@@ -21,32 +22,12 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-{
-    nvidia-smi || echo "nvidia-smi: not found"
-    "$py" - <<'EOF'
-import importlib.metadata as md
-import platform
-
-import torch
-
-print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
-print("cuda available:", torch.cuda.is_available(), "| devices:", torch.cuda.device_count())
-if torch.cuda.is_available():
-    print("gpu:", torch.cuda.get_device_name(0), "| bf16:", torch.cuda.is_bf16_supported())
-for pkg in ("onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "transformers", "triton", "numpy"):
-    try:
-        print(pkg, md.version(pkg))
-    except md.PackageNotFoundError:
-        print(pkg, "not installed")
-try:
-    import onnxruntime
-
-    print("onnxruntime providers:", onnxruntime.get_available_providers())
-except ImportError as e:
-    print("onnxruntime:", e)
-EOF
-} > "$out/machine.txt" 2>&1
-cat "$out/machine.txt"
+# The benchmark's own record of the machine (CPU, GPU, library versions), plus ONNX Runtime's providers.
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || echo "nvidia-smi: not found" > "$out/nvidia-smi.txt"
+"$py" -c 'import json, torch; from bertdistill.benchmark import _ort_providers, machine_info
+print(json.dumps({**machine_info(), "cuda_available": torch.cuda.is_available(),
+                  "onnxruntime_providers": _ort_providers()}, indent=1))' > "$out/machine.json" 2>&1
+cat "$out/nvidia-smi.txt" "$out/machine.json"
 
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of words
 timeout "${BENCH_S:-300}" "$py" benchmarks/inference.py --gpu --output "$out/inference_gpu.json" ${BENCH_ARGS:-} \

@@ -259,7 +259,7 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
 
 def test_gpu_check_script_writes_every_file_and_runs_the_cuda_tests(tmp_path):
     """benchmarks/gpu_check.sh from this checkout, a tiny shape in place of BERT-base: it writes
-    machine.txt, the GPU benchmark's JSON and the report of the tests marked cuda, every one of
+    the machine's record, the GPU benchmark's JSON and the report of the tests marked cuda, every one of
     them collected (a renamed test file would show here). Without a GPU every GPU backend is
     skipped with the reason, and so is every cuda test; none errors."""
     config = tmp_path / "config.yaml"
@@ -271,7 +271,8 @@ def test_gpu_check_script_writes_every_file_and_runs_the_cuda_tests(tmp_path):
         ["bash", str(REPO / "benchmarks/gpu_check.sh")], env=env, capture_output=True, text=True, timeout=900
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    files = {"machine.txt", "inference_gpu.json", "inference_gpu.log", "pytest_cuda.log", "pytest_cuda.xml"}
+    files = {"nvidia-smi.txt", "machine.json", "inference_gpu.json", "inference_gpu.log", "pytest_cuda.log",
+             "pytest_cuda.xml"}  # fmt: skip
     assert {p.name for p in out.iterdir()} == files
     summary = json.loads((out / "inference_gpu.json").read_text())
     assert summary["errors"] == [] and summary["settings"]["seq_lengths"] == [16]
@@ -279,7 +280,8 @@ def test_gpu_check_script_writes_every_file_and_runs_the_cuda_tests(tmp_path):
     count = {k: int(suite.get(k)) for k in ("tests", "skipped", "errors", "failures")}
     assert count["tests"] >= 19 and count["errors"] == count["failures"] == 0, count
     if not torch.cuda.is_available():
-        assert "cuda available: False" in (out / "machine.txt").read_text()
+        machine = json.loads((out / "machine.json").read_text())
+        assert machine["cuda_available"] is False and "CPUExecutionProvider" in machine["onnxruntime_providers"]
         skipped = {s["backend"]: s["reason"] for s in summary["skipped"]}
         gpu = {"torch-fp16", "torch-bf16", "torch-compile", "ort-cuda-fp16", "ort-tensorrt", "tensorrt-fp16"}
         assert set(skipped) == gpu and summary["results"] == []
