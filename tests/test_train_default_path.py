@@ -29,6 +29,7 @@ last step, ``global_batch_size`` not a multiple of the processes); the logged lo
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -85,10 +86,12 @@ def _fit_recording(cfg, tmp_path, objective, data, name="run"):
     return states, terms, result
 
 
-def _check_sgd_steps(states, terms, data, seed, per_step=GLOBAL):
+def _check_sgd_steps(states, terms, data, seed, per_step=GLOBAL, grouped=False):
     """Every step: the update is −∇(mean over the step's rows of the per-row loss), the logged loss
-    that mean; the reference is computed here, row by row at full length, at the step's weights."""
-    perm = epoch_permutation(len(data), seed, 0)
+    that mean; the reference is computed here, row by row at full length, at the step's weights.
+    ``grouped``: the rows come in the group_by_length order (checked on its own below)."""
+    lengths = data.lengths() if grouped else None
+    perm = epoch_permutation(len(data), seed, 0, lengths, per_step)
     for s in range(len(states) - 1):
         rows = perm[s * per_step : (s + 1) * per_step]
         ref = tiny_classifier()
@@ -190,19 +193,85 @@ def test_accumulation_with_dynamic_padding_equals_one_big_batch(tmp_path, plan):
 
 @pytest.mark.parametrize(
     "plan",
-    [dict(batch_size=8), dict(batch_size=4, grad_accum=2), dict(batch_size=3, global_batch_size=8)],
-    ids=["one-batch", "accum-4+4", "accum-3+3+2"],
+    [
+        dict(batch_size=8),
+        dict(batch_size=4, grad_accum=2),
+        dict(batch_size=3, global_batch_size=8),
+        dict(batch_size=4, grad_accum=2, group_by_length=True),
+    ],
+    ids=["one-batch", "accum-4+4", "accum-3+3+2", "grouped-accum-4+4"],
 )
 def test_sgd_step_is_minus_the_mean_gradient(tmp_path, monkeypatch, plan):
     """One SGD step of lr 1 moves the weights by exactly −∇ of the mean over the step's rows of
     the per-row loss, computed here with autograd row by row (atol 2e-6); the logged loss is that
     mean. Three steps of 8, 8 and 7 rows: the last one, and the accumulation splits 3 + 3 + 2 and
-    3 + 2 + 2, have micro-batches of unequal size, which must weigh by their rows."""
+    3 + 2 + 2, have micro-batches of unequal size, which must weigh by their rows; with
+    group_by_length (the embedded default's task stages) the steps take the grouped rows."""
     _sgd(monkeypatch)
     cfg = _sgd_config(max_steps=3, **plan)
     data = classifier_data(N)
     states, terms, _ = _fit_recording(cfg, tmp_path, tiny_classifier(), data)
-    _check_sgd_steps(states, terms, data, cfg.seed)
+    _check_sgd_steps(states, terms, data, cfg.seed, grouped=cfg.group_by_length)
+
+
+@pytest.mark.parametrize(("n", "global_batch"), [(1003, 8), (23, 8), (16, 8)])
+def test_group_by_length_batches_similar_lengths_in_a_shuffled_order(n, global_batch):
+    """group_by_length, rebuilt here by hand from its description: the seeded permutation (the
+    plain order, unchanged without lengths) is cut into windows of 50 global batches, each sorted
+    by length rounded up to 8, longest first (stable: ties in the permutation's order); the full
+    batches are those runs, in a shuffled order (not long to short), and the short last batch
+    stays last. Same order for the same (seed, epoch); another epoch, other batches (also when all
+    data fits one window). On lengths like SST-2's, batches need about 0.6 of the padded tokens."""
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.randint(5, 65, (n,), generator=g)
+    seed, epoch = 3, 1
+    plain = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    assert epoch_permutation(n, seed, epoch).tolist() == plain
+    window = 50 * global_batch
+    by_hand = []
+    for start in range(0, n, window):
+        by_hand += sorted(plain[start : start + window], key=lambda i: -math.ceil(int(lengths[i]) / 8))
+    full = n // global_batch
+
+    order = epoch_permutation(n, seed, epoch, lengths, global_batch).tolist()
+    assert sorted(order) == list(range(n))
+    batches = [order[i * global_batch : (i + 1) * global_batch] for i in range(full)]
+    expected = [by_hand[i * global_batch : (i + 1) * global_batch] for i in range(full)]
+    assert sorted(batches) == sorted(expected)
+    assert order[full * global_batch :] == by_hand[full * global_batch :]
+    assert order == epoch_permutation(n, seed, epoch, lengths, global_batch).tolist()
+    if full > 2:  # the batches' order is shuffled: not the windows' long-to-short order
+        assert batches != expected
+    other = epoch_permutation(n, seed, epoch + 1, lengths, global_batch).tolist()
+    other_batches = [sorted(other[i * global_batch : (i + 1) * global_batch]) for i in range(full)]
+    assert sorted(other_batches) != sorted(sorted(b) for b in batches)
+
+    def padded(o):  # tokens after trim_padding: each batch cut to its longest row, rounded up to 8
+        cut = [o[i : i + global_batch] for i in range(0, n, global_batch)]
+        return sum(math.ceil(int(lengths[b].max()) / 8) * 8 * len(b) for b in cut)
+
+    if n > window:
+        assert padded(order) < 0.65 * padded(plain)
+
+
+def test_group_by_length_needs_dynamic_padding_and_lengths(tmp_path):
+    """A setting that cannot work fails before training, naming itself: group_by_length without
+    dynamic padding, or on data that holds no lengths (a pre-training stream)."""
+    from bertdistill.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="group_by_length needs dynamic_padding"):
+        TrainConfig(epochs=1, dynamic_padding=False, group_by_length=True)
+
+    class NoLengths:
+        def __len__(self):
+            return 8
+
+        def batch(self, indices):
+            return classifier_data(8).batch(indices)
+
+    cfg = TrainConfig(max_steps=1, batch_size=4, group_by_length=True, device="cpu")
+    with pytest.raises(SettingsError, match="group_by_length: false"):
+        Trainer(cfg, tmp_path / "run").fit(tiny_classifier(), NoLengths())
 
 
 def _torchrun(out: Path, *args: str, wait: bool = True):
@@ -340,14 +409,15 @@ def _wait_for(proc: subprocess.Popen, marker: Path, what: str) -> None:
 
 @pytest.mark.slow
 def test_resume_keep_best_after_sigkill_selects_the_same_checkpoint(tmp_path):
-    """keep: best, evaluations every 2 steps, snapshots every 3, dropout on, dynamic padding on:
+    """keep: best, evaluations every 2 steps, snapshots every 3, dropout on, dynamic padding and
+    group_by_length on (the embedded default's task stages):
     a run SIGKILLed at step 8 and rerun (resuming the step-6 snapshot) selects the same step with
     the same metric, has the same evaluation history, and ends with bit-identical weights as the
     uninterrupted run. The best step (4, by the scripted scores) comes before the snapshot, so only
     the snapshot's best-so-far state can bring it back; each metric adds 1e-3 × an irregular
     function of the weights (``scripted_metric``), so equal histories mean the evaluated weights
     were bit-identical too."""
-    args = ["--steps", "10", "--snapshot-every", "3", "--eval-every", "2", "--keep", "best"]
+    args = ["--steps", "10", "--snapshot-every", "3", "--eval-every", "2", "--keep", "best", "--group-by-length"]
     full = child(tmp_path / "full", *args, wait=False)  # side by side with the interrupted run
     proc = child(tmp_path / "killed", *args, "--block-at", "8", wait=False)
     _wait_for(proc, tmp_path / "killed" / "blocked", "child never reached step 8")
@@ -368,13 +438,14 @@ def test_resume_keep_best_after_sigkill_selects_the_same_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_resume_after_sigterm_equals_uninterrupted(tmp_path):
-    """2 processes (gloo), dynamic padding on, dropout on, keep: best with an evaluation every
+    """2 processes (gloo), dynamic padding and group_by_length on, dropout on, keep: best with an evaluation every
     step: SIGTERM to both ranks at step 5 writes a snapshot at the end of step 6 and stops;
     rerunning resumes there and ends with bit-identical weights, the same evaluation history and
     the same selected step (step 4: before the snapshot, so it must come from it) as the
     uninterrupted 2-process run, on rank 0 and on rank 1 (only rank 0 evaluates: the other rank
     must receive the selection and the best weights)."""
     args = ["--steps", "8", "--snapshot-every", "100", "--eval-every", "1", "--keep", "best", "--dropout", "0.1"]
+    args += ["--group-by-length"]
     # The uninterrupted and the interrupted run side by side (each is mostly start-up).
     full = _torchrun(tmp_path / "full", *args, wait=False)
     term = _torchrun(tmp_path / "t", *args, "--term-at", "5")

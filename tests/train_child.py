@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--term-group-at", type=int, default=0, help="at this step SIGTERM our process group (as SLURM)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--no-dynamic-padding", action="store_true")
+    p.add_argument("--group-by-length", action="store_true", help="train.group_by_length")
     p.add_argument("--optimizer", default="adam_nobc")
     p.add_argument("--masking", default="faithful")
     p.add_argument("--stream", default=None, help="read HDF5 shards of this folder as a ShardStream")
@@ -114,6 +115,7 @@ def main() -> None:
         log_every=1,
         seed=3,
         dynamic_padding=not a.no_dynamic_padding,
+        group_by_length=a.group_by_length,
         device=a.device,
     )
 

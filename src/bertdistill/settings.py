@@ -87,6 +87,9 @@ class TrainConfig:
         seed: random seed (each rank adds its rank)
         teacher_dropout: keep the teacher's dropout on while it produces targets (the reference does)
         dynamic_padding: cut each batch to its longest sequence, rounded up to 8
+        group_by_length: with dynamic_padding, batch examples of similar length: the epoch's shuffled
+            order is sorted by length within windows of 50 global batches, cut into batches, and the
+            batches shuffled (less padding, no long-to-short curriculum; task stages only)
         snapshot_every: write a resumable snapshot every this many steps
         log_every: write a train.csv row every this many steps
         eval_every: evaluate on dev every this many steps (null = once, at the end)
@@ -114,6 +117,7 @@ class TrainConfig:
     seed: int = 1
     teacher_dropout: bool = True
     dynamic_padding: bool = True
+    group_by_length: bool = False
     snapshot_every: int = 1000
     log_every: int = 50
     eval_every: int | None = None
@@ -125,6 +129,8 @@ class TrainConfig:
         if (self.max_steps is None) == (self.epochs is None):
             raise SettingsError("give exactly one of max_steps and epochs")
         check_choices(self)
+        if self.group_by_length and not self.dynamic_padding:
+            raise SettingsError("group_by_length needs dynamic_padding: at a fixed length there is no padding to save")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
     def fingerprint(self, extra: Mapping[str, Any] | None = None) -> str:

@@ -9,7 +9,8 @@ preemption), the trainer writes model, projection, optimizer, schedule, scaler, 
 states and the data position to ``snapshot_dir``; and once more after the last step, so a finished
 run whose output is lost before it is recorded (a kill in the job's last seconds) costs no training.
 The caller removes the folder once the output is recorded. Running the same command again resumes from it,
-bit for bit on CPU in fp32. The data order is a pure function of (seed, epoch), or for a
+bit for bit on CPU in fp32. The data order is a pure function of (seed, epoch) (and of the
+examples' lengths with ``group_by_length``), or for a
 :class:`BatchStream` (pre-training shards read as a stream) of (seed, rank, world), so the data
 position follows from the step count; streams also record it in the snapshot. A snapshot is
 resumed only when its settings and the content of every input (``inputs``: sha256 of the files)
@@ -203,6 +204,12 @@ class TensorDataset:
     def batch(self, indices: torch.Tensor) -> Batch:
         return {k: v[indices] for k, v in self.tensors.items()}
 
+    def lengths(self) -> torch.Tensor:
+        """Real tokens per example (``group_by_length``)."""
+        if "attention_mask" not in self.tensors:
+            raise SettingsError("group_by_length needs an attention_mask in the training features")
+        return self.tensors["attention_mask"].sum(1)
+
 
 def trim_padding(batch: Batch, multiple: int = 8) -> Batch:
     """Cut sequence tensors to the longest real sequence, rounded up to ``multiple`` (LDDL style).
@@ -246,9 +253,31 @@ def batch_plan(cfg: TrainConfig, world: int) -> tuple[int, int]:
     return cfg.global_batch_size, max(cfg.grad_accum, -(-per_rank // cfg.batch_size))
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+GROUP_WINDOW = 50  # global batches sorted together by group_by_length (Hugging Face's mega-batch)
+
+
+def epoch_permutation(
+    n: int, seed: int, epoch: int, lengths: torch.Tensor | None = None, global_batch: int = 1
+) -> torch.Tensor:
+    """The epoch's example order, a pure function of (seed, epoch) and the lengths.
+
+    With ``lengths`` (``group_by_length``): the shuffled order is sorted by length rounded up to the
+    padding multiple (8; ties keep their random order, so batches differ from epoch to epoch at no
+    cost in padding), longest first, within windows of ``GROUP_WINDOW`` global batches, and cut
+    into global batches, whose order is then shuffled: a batch holds examples of similar length
+    without the epoch running from long to short ones. A last partial batch stays last, where the
+    trainer expects it.
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g)
+    if lengths is None:
+        return perm
+    window = GROUP_WINDOW * global_batch
+    padded = (lengths + 7) // 8
+    grouped = torch.cat([w[torch.argsort(padded[w], descending=True, stable=True)] for w in torch.split(perm, window)])
+    full = n // global_batch
+    batches = grouped[: full * global_batch].view(full, global_batch)[torch.randperm(full, generator=g)]
+    return torch.cat([batches.reshape(-1), grouped[full * global_batch :]])
 
 
 def micro_batches(
@@ -466,6 +495,7 @@ class _Run:
     best: Best = field(default_factory=Best)
     perm_epoch: int = -1
     perm: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None  # per example, when group_by_length
     stream: Iterator[list[Batch]] | None = None  # a BatchStream's steps, from the resumed step on
     data_position: Callable[[int], dict[str, Any]] | None = None  # a stream's position after a step
     last_terms: dict[str, float] = field(default_factory=dict)
@@ -635,6 +665,13 @@ class Trainer:
             per_epoch=per_epoch,
             total=total,
         )
+        if cfg.group_by_length:
+            if not hasattr(dataset, "lengths"):
+                raise SettingsError(
+                    "group_by_length applies to examples held in memory (task stages), not to "
+                    f"{type(dataset).__name__}: set train.group_by_length: false for this stage"
+                )
+            run.lengths = dataset.lengths()
         if is_stream(dataset):
             share = len(torch.tensor_split(torch.arange(global_batch), d.world)[d.rank])
             run.data_position = lambda step: dataset.position(step * share, d.rank, d.world)
@@ -652,7 +689,8 @@ class Trainer:
         else:
             epoch, in_epoch = divmod(run.step, run.per_epoch)
             if epoch != run.perm_epoch:
-                run.perm, run.perm_epoch = epoch_permutation(len(dataset), cfg.seed, epoch), epoch
+                run.perm = epoch_permutation(len(dataset), cfg.seed, epoch, run.lengths, run.global_batch)
+                run.perm_epoch = epoch
             parts = micro_batches(run.perm, in_epoch, run.global_batch, d.rank, d.world, run.accum)
             # Examples of this step over all ranks (the epoch's last step may be short).
             n_step = min(run.global_batch, len(dataset) - in_epoch * run.global_batch)
