@@ -1,0 +1,120 @@
+"""Task-stage training steps with and without ``train.group_by_length``, on a finished run's data.
+
+For each task: the training features of a finished run (``results/{task}/features/train.hdf5``),
+the task's final student (``results/{task}_final``, its head included) and the hard-label
+objective (the no-distillation baseline's and teacher fine-tuning's). Both sides run the real
+trainer (``Trainer.fit``, dynamic padding on, batch 32, fp32) for ``--steps`` steps from the same
+weights; only ``group_by_length`` differs. The first steps of an epoch are a random sample of it,
+so their padding is the epoch's (both ratios are printed: tokens over the timed steps and over
+the whole epoch).
+
+Method: each side is first warmed up (2 untimed steps); then ``--rounds`` rounds time each side
+once, in an order that reverses every round, so neither always goes first. Medians, min/max and
+the per-round ratios are printed.
+
+Prints one JSON object: per task, plain_s and grouped_s (medians of the timed fits), ratio
+(plain / grouped), padded tokens per side and their ratio, and the settings and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HEADS = {"sst2": "classification", "squad": "qa"}
+
+
+def padded_tokens(lengths: torch.Tensor, order: torch.Tensor, batch: int, steps: int | None = None) -> int:
+    """Tokens the trainer computes: each batch cut to its longest row, rounded up to 8."""
+    cut = order.split(batch)[:steps]
+    return sum(-(-int(lengths[b].max()) // 8) * 8 * len(b) for b in cut)
+
+
+def fit(start: torch.nn.Module, data, grouped: bool, steps: int, batch: int, tmp: Path) -> float:
+    """Seconds for ``steps`` hard-label training steps from a copy of ``start``."""
+    from bertdistill.objectives import SupervisedObjective
+    from bertdistill.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        max_steps=steps,
+        batch_size=batch,
+        lr=1e-4,
+        group_by_length=grouped,
+        snapshot_every=10**6,
+        log_every=10**6,
+        device="cpu",
+    )
+    objective = SupervisedObjective(copy.deepcopy(start))
+    t = time.perf_counter()
+    Trainer(cfg, tempfile.mkdtemp(dir=tmp)).fit(objective, data)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    from bertdistill.benchmark import machine_info
+    from bertdistill.checkpoints import load_model
+    from bertdistill.stages.tasks import _task_dataset
+    from bertdistill.train import TrainConfig, epoch_permutation
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=Path("results"), help="a finished run's results folder")
+    p.add_argument("--tasks", nargs="+", default=["sst2", "squad"], choices=sorted(HEADS))
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+
+    out: dict[str, object] = {"settings": vars(a) | {"results": str(a.results)}, "machine": machine_info()}
+    for task in a.tasks:
+        data = _task_dataset(
+            a.results / task / "features/train.hdf5", keys=("labels", "start_positions", "end_positions")
+        )
+        start = load_model(a.results / f"{task}_final", head=HEADS[task])
+        lengths = data.lengths()
+
+        times: dict[bool, list[float]] = {False: [], True: []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for grouped in (False, True):
+                fit(start, data, grouped, 2, a.batch, Path(tmp))  # warm-up
+            for r in range(a.rounds):
+                for grouped in (False, True) if r % 2 == 0 else (True, False):
+                    times[grouped].append(fit(start, data, grouped, a.steps, a.batch, Path(tmp)))
+        seed = TrainConfig(epochs=1).seed
+        plain_order = epoch_permutation(len(data), seed, 0)
+        grouped_order = epoch_permutation(len(data), seed, 0, lengths, a.batch)
+        tokens = {
+            "plain_steps": padded_tokens(lengths, plain_order, a.batch, a.steps),
+            "grouped_steps": padded_tokens(lengths, grouped_order, a.batch, a.steps),
+            "plain_epoch": padded_tokens(lengths, plain_order, a.batch),
+            "grouped_epoch": padded_tokens(lengths, grouped_order, a.batch),
+            "real": int(lengths.sum()),
+        }
+        plain_s, grouped_s = statistics.median(times[False]), statistics.median(times[True])
+        out[task] = {
+            "examples": len(data),
+            "mean_length": round(float(lengths.float().mean()), 1),
+            "max_length": int(data.tensors["attention_mask"].shape[1]),
+            "plain_s": round(plain_s, 2),
+            "grouped_s": round(grouped_s, 2),
+            "ratio": round(plain_s / grouped_s, 3),
+            "round_ratios": [round(x / y, 3) for x, y in zip(times[False], times[True], strict=True)],
+            "plain_all_s": [round(x, 2) for x in times[False]],
+            "grouped_all_s": [round(x, 2) for x in times[True]],
+            "padded_tokens": tokens,
+            "token_ratio_steps": round(tokens["grouped_steps"] / tokens["plain_steps"], 3),
+            "token_ratio_epoch": round(tokens["grouped_epoch"] / tokens["plain_epoch"], 3),
+        }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
