@@ -231,6 +231,31 @@ def test_unregistered_task_is_a_one_line_error():
         check_config(config)
 
 
+def test_group_by_length_where_it_cannot_work_is_a_config_error():
+    """Caught when the Snakefile is read, not when a job starts: group_by_length on a stage that
+    streams its shards, or without dynamic padding. The shipped config passes."""
+    from bertdistill.config import ConfigError, check_train_blocks
+
+    shipped = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    check_train_blocks(shipped)
+    assert shipped["tasks"]["squad"]["backbone"]["train"]["group_by_length"]  # the check saw it on
+    for where, message in (
+        (("general", "phase1"), "general.phase1.train.group_by_length: this stage streams"),
+        (("adapt_mlm",), "adapt_mlm.train.group_by_length: this stage streams"),
+    ):
+        config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+        block = config
+        for k in where:
+            block = block[k]
+        block["train"]["group_by_length"] = True
+        with pytest.raises(ConfigError, match=message):
+            check_train_blocks(config)
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["tasks"]["squad"]["prediction"]["train"]["dynamic_padding"] = False
+    with pytest.raises(ConfigError, match=r"tasks.squad.prediction.train.group_by_length needs dynamic_padding"):
+        check_train_blocks(config)
+
+
 def _local_paths(node, key=None):
     """Every local file a config names (asset `path`s and teacher `vocab`s)."""
     if isinstance(node, dict):

@@ -40,7 +40,14 @@ import pytest
 import torch
 
 import bertdistill.train as train_module
-from bertdistill.train import TrainConfig, Trainer, epoch_permutation, load_snapshot_file, trim_padding
+from bertdistill.train import (
+    TensorDataset,
+    TrainConfig,
+    Trainer,
+    epoch_permutation,
+    load_snapshot_file,
+    trim_padding,
+)
 from helpers import (
     CHILD,
     DEVICES,
@@ -206,7 +213,7 @@ def test_sgd_step_is_minus_the_mean_gradient(tmp_path, monkeypatch, plan):
     the per-row loss, computed here with autograd row by row (atol 2e-6); the logged loss is that
     mean. Three steps of 8, 8 and 7 rows: the last one, and the accumulation splits 3 + 3 + 2 and
     3 + 2 + 2, have micro-batches of unequal size, which must weigh by their rows; with
-    group_by_length (the embedded default's task stages) the steps take the grouped rows."""
+    group_by_length (the embedded default's SQuAD stages) the steps take the grouped rows."""
     _sgd(monkeypatch)
     cfg = _sgd_config(max_steps=3, **plan)
     data = classifier_data(N)
@@ -221,7 +228,8 @@ def test_group_by_length_batches_similar_lengths_in_a_shuffled_order(n, global_b
     by length rounded up to 8, longest first (stable: ties in the permutation's order); the full
     batches are those runs, in a shuffled order (not long to short), and the short last batch
     stays last. Same order for the same (seed, epoch); another epoch, other batches (also when all
-    data fits one window). On lengths like SST-2's, batches need about 0.6 of the padded tokens."""
+    data fits one window). On lengths spread evenly over 5-64, batches need under 0.65 of the
+    padded tokens of the plain order."""
     g = torch.Generator().manual_seed(7)
     lengths = torch.randint(5, 65, (n,), generator=g)
     seed, epoch = 3, 1
@@ -272,6 +280,9 @@ def test_group_by_length_needs_dynamic_padding_and_lengths(tmp_path):
     cfg = TrainConfig(max_steps=1, batch_size=4, group_by_length=True, device="cpu")
     with pytest.raises(SettingsError, match="group_by_length: false"):
         Trainer(cfg, tmp_path / "run").fit(tiny_classifier(), NoLengths())
+    unmasked = TensorDataset({k: v for k, v in classifier_data(8).tensors.items() if k != "attention_mask"})
+    with pytest.raises(SettingsError, match="group_by_length needs an attention_mask"):
+        Trainer(cfg, tmp_path / "run2").fit(tiny_classifier(), unmasked)
 
 
 def _torchrun(out: Path, *args: str, wait: bool = True):
@@ -408,16 +419,18 @@ def _wait_for(proc: subprocess.Popen, marker: Path, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_resume_keep_best_after_sigkill_selects_the_same_checkpoint(tmp_path):
-    """keep: best, evaluations every 2 steps, snapshots every 3, dropout on, dynamic padding and
-    group_by_length on (the embedded default's task stages):
+@pytest.mark.parametrize("order", ["random", "grouped"])
+def test_resume_keep_best_after_sigkill_selects_the_same_checkpoint(tmp_path, order):
+    """keep: best, evaluations every 2 steps, snapshots every 3, dropout on, dynamic padding on,
+    batches in random order or grouped by length (the embedded default's SQuAD stages):
     a run SIGKILLed at step 8 and rerun (resuming the step-6 snapshot) selects the same step with
     the same metric, has the same evaluation history, and ends with bit-identical weights as the
     uninterrupted run. The best step (4, by the scripted scores) comes before the snapshot, so only
     the snapshot's best-so-far state can bring it back; each metric adds 1e-3 × an irregular
     function of the weights (``scripted_metric``), so equal histories mean the evaluated weights
     were bit-identical too."""
-    args = ["--steps", "10", "--snapshot-every", "3", "--eval-every", "2", "--keep", "best", "--group-by-length"]
+    args = ["--steps", "10", "--snapshot-every", "3", "--eval-every", "2", "--keep", "best"]
+    args += ["--group-by-length"] if order == "grouped" else []
     full = child(tmp_path / "full", *args, wait=False)  # side by side with the interrupted run
     proc = child(tmp_path / "killed", *args, "--block-at", "8", wait=False)
     _wait_for(proc, tmp_path / "killed" / "blocked", "child never reached step 8")
@@ -437,15 +450,17 @@ def test_resume_keep_best_after_sigkill_selects_the_same_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_resume_after_sigterm_equals_uninterrupted(tmp_path):
-    """2 processes (gloo), dynamic padding and group_by_length on, dropout on, keep: best with an evaluation every
+@pytest.mark.parametrize("order", ["random", "grouped"])
+def test_ddp_resume_after_sigterm_equals_uninterrupted(tmp_path, order):
+    """2 processes (gloo), dynamic padding on, batches in random order or grouped by length,
+    dropout on, keep: best with an evaluation every
     step: SIGTERM to both ranks at step 5 writes a snapshot at the end of step 6 and stops;
     rerunning resumes there and ends with bit-identical weights, the same evaluation history and
     the same selected step (step 4: before the snapshot, so it must come from it) as the
     uninterrupted 2-process run, on rank 0 and on rank 1 (only rank 0 evaluates: the other rank
     must receive the selection and the best weights)."""
     args = ["--steps", "8", "--snapshot-every", "100", "--eval-every", "1", "--keep", "best", "--dropout", "0.1"]
-    args += ["--group-by-length"]
+    args += ["--group-by-length"] if order == "grouped" else []
     # The uninterrupted and the interrupted run side by side (each is mostly start-up).
     full = _torchrun(tmp_path / "full", *args, wait=False)
     term = _torchrun(tmp_path / "t", *args, "--term-at", "5")

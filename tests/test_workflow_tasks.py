@@ -54,7 +54,7 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path, monkeypatch):
         "source": {"path": str(task_teacher(tmp_path / "t_sst2", "classification"))},
         "head": "classification",
     }
-    # The default path: dynamic padding on, batches grouped by length (as the shipped task stages).
+    # The default path: dynamic padding on; batches grouped by length (the shipped SQuAD stages).
     common = {"batch_size": 8, "log_every": 1, "group_by_length": True}
     stage = {"train": {**common, "epochs": 1, "lr": 5e-5, "schedule": "constant"}}
     pred = {"train": {**common, "epochs": 2, "lr": 3e-5, "eval_every": 3, "keep": "best"}}

@@ -107,7 +107,30 @@ def check_config(config: dict[str, Any]) -> None:
                 f"tasks.{name}.teacher: {teacher!r} is not in `teachers` ({', '.join(teachers)}); "
                 "name a configured teacher or `finetune`"
             )
+    check_train_blocks(config)
     check_models(config, {name: teacher_bert_config(name, t) for name, t in teachers.items()})
+
+
+def check_train_blocks(config: Mapping[str, Any]) -> None:
+    """Trainer settings that only fail together: ``group_by_length`` needs dynamic padding, and
+    examples held in memory (not general distillation's shard stream)."""
+    blocks = {f"general.{p}.train": config.get("general", {}).get(p, {}).get("train", {}) for p in ("phase1", "phase2")}
+    blocks["adapt_mlm.train"] = config.get("adapt_mlm", {}).get("train", {})
+    for name, task in config.get("tasks", {}).items():
+        for stage in ("finetune", "backbone", "prediction"):
+            blocks[f"tasks.{name}.{stage}.train"] = (task.get(stage) or {}).get("train", {})
+    for key, train in blocks.items():
+        if not train.get("group_by_length"):
+            continue
+        if not key.startswith("tasks."):
+            raise ConfigError(
+                f"{key}.group_by_length: this stage streams its pre-training shards and cannot sort them "
+                "by length; set it to false"
+            )
+        if not train.get("dynamic_padding", True):
+            raise ConfigError(
+                f"{key}.group_by_length needs dynamic_padding: true (at a fixed length no padding is saved)"
+            )
 
 
 def source_bytes(source: Mapping[str, Any]) -> int | None:

@@ -10,7 +10,7 @@ states and the data position to ``snapshot_dir``; and once more after the last s
 run whose output is lost before it is recorded (a kill in the job's last seconds) costs no training.
 The caller removes the folder once the output is recorded. Running the same command again resumes from it,
 bit for bit on CPU in fp32. The data order is a pure function of (seed, epoch) (and of the
-examples' lengths with ``group_by_length``), or for a
+examples' lengths and the global batch with ``group_by_length``), or for a
 :class:`BatchStream` (pre-training shards read as a stream) of (seed, rank, world), so the data
 position follows from the step count; streams also record it in the snapshot. A snapshot is
 resumed only when its settings and the content of every input (``inputs``: sha256 of the files)
@@ -257,9 +257,10 @@ GROUP_WINDOW = 50  # global batches sorted together by group_by_length (Hugging 
 
 
 def epoch_permutation(
-    n: int, seed: int, epoch: int, lengths: torch.Tensor | None = None, global_batch: int = 1
+    n: int, seed: int, epoch: int, lengths: torch.Tensor | None = None, global_batch: int | None = None
 ) -> torch.Tensor:
-    """The epoch's example order, a pure function of (seed, epoch) and the lengths.
+    """The epoch's example order, a pure function of (seed, epoch), and with ``lengths`` of the
+    lengths and ``global_batch`` (examples per optimizer step over all ranks) too.
 
     With ``lengths`` (``group_by_length``): the shuffled order is sorted by length rounded up to the
     padding multiple (8; ties keep their random order, so batches differ from epoch to epoch at no
@@ -272,6 +273,8 @@ def epoch_permutation(
     perm = torch.randperm(n, generator=g)
     if lengths is None:
         return perm
+    if global_batch is None:
+        raise ValueError("grouping by length needs the global batch size")
     window = GROUP_WINDOW * global_batch
     padded = (lengths + 7) // 8
     grouped = torch.cat([w[torch.argsort(padded[w], descending=True, stable=True)] for w in torch.split(perm, window)])
