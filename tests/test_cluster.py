@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -32,6 +33,21 @@ def test_shipped_profile_lists_every_placeholder():
     assert "set-resources task_backbone:slurm_partition=CHANGE_ME_GPU" in found
     with pytest.raises(ClusterError, match="profiles/slurm/config.yaml: default-resources slurm_account=CHANGE_ME"):
         check_slurm(dict(profile["default-resources"]), profile["set-resources"], profile["max-threads"], sinfo="")
+
+
+def test_every_gpu_rule_gets_the_gpu_partition():
+    """A rule that asks for GPUs but is missing from the profile's set-resources would go to the CPU
+    partition with --gpus=N and no SIGTERM before its time limit."""
+    gpu_rules = set()
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M):
+            name = re.match(r"rule (\w+):", block)
+            if name and re.search(r"^\s+gpu=", block, flags=re.M):
+                gpu_rules.add(name.group(1))
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    gpu_partition = {r for r, res in profile["set-resources"].items() if res.get("slurm_partition") == "CHANGE_ME_GPU"}
+    assert len(gpu_rules) >= 9, gpu_rules  # the parse found the rules
+    assert gpu_rules - gpu_partition == set()
 
 
 def _fake_sinfo(tmp_path, text: str) -> str:
