@@ -225,6 +225,11 @@ def test_error_is_one_line(tmp_path):
         "{epochs: 1, warmup_steps: 3}",
     )
     assert r.returncode == 2 and "unknown key(s) warmup_steps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # Field by field, a field that does not exist names the fields that do; other options stay argparse's.
+    r = run(*BACKBONE, "--train.warmup_steps", "3")
+    assert r.returncode == 2 and "--train has no field warmup-steps; its fields: batch-size, betas," in r.stderr
+    r = run(*BACKBONE, "--bogus", "3")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus 3" in r.stderr
 
 
 @pytest.mark.slow

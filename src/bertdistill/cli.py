@@ -208,6 +208,18 @@ def _normalize(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _unrecognized(parser: argparse.ArgumentParser, stage: str, extras: Sequence[str]) -> str:
+    """argparse's "unrecognized arguments", or, for ``--GROUP.FIELD`` of a settings group, the fields it has."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[stage]
+    for arg in _normalize(extras):
+        flag = arg.partition("=")[0]
+        group = flag.split(".", 1)[0]
+        fields = sorted(o[len(group) + 1 :] for o in sub._option_string_actions if o.startswith(group + "."))
+        if flag.startswith("--") and "." in flag and fields:
+            return f"{flag}: {group} has no field {flag[len(group) + 1 :]}; its fields: {', '.join(fields)}"
+    return f"unrecognized arguments: {' '.join(extras)}"
+
+
 def stage_kwargs(entry: Stage, args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The parsed options as the stage's keyword arguments (settings merged from YAML and fields)."""
     values = vars(args)
@@ -320,7 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["predict"]:
         return _predict(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.error(_unrecognized(parser, args.stage, extras))
     entry = STAGES[args._stage]
     kwargs = stage_kwargs(entry, args, parser)
     try:
