@@ -256,6 +256,43 @@ def test_group_by_length_where_it_cannot_work_is_a_config_error():
         check_train_blocks(config)
 
 
+def test_a_config_that_cannot_run_fails_the_dry_run(tmp_path):
+    """Before, `snakemake -n` planned all jobs and the error came when the stage started, after its
+    upstream jobs had run, without naming the config key. Now the dry run fails naming it."""
+    import subprocess
+    import sys
+
+    from bertdistill.config import ConfigError, check_train_blocks
+    from helpers import copy_workflow
+
+    wd = copy_workflow(tmp_path)
+    # max_steps on top of the shipped epochs: each is valid alone, so the schema lets both through.
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config"]
+    run = subprocess.run(
+        [*cmd, "tasks={sst2: {backbone: {train: {max_steps: 5}}}}"], cwd=wd, capture_output=True, text=True, timeout=300
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "tasks.sst2.backbone.train: give exactly one of max_steps and epochs" in out, out[
+        -2000:
+    ]
+    assert "Job stats" not in out  # nothing was planned
+    # use_augmented without an augmented file (SQuAD's own augmentation is off in the shipped config).
+    run = subprocess.run(
+        [*cmd, "tasks={squad: {use_augmented: true}}"], cwd=wd, capture_output=True, text=True, timeout=300
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "tasks.squad.use_augmented is true but tasks.squad.augmented is not set" in out
+    # A block given without its train settings (a config file replaces the whole block), where a
+    # job reads them; the shipped SST-2 teacher is fine-tuned here, so its finetune block is read.
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert config["tasks"]["sst2"]["teacher"] == "finetune"
+    config["tasks"]["sst2"]["finetune"] = {"gpus": 0}
+    with pytest.raises(ConfigError, match=r"tasks.sst2.finetune.train: missing; a block given"):
+        check_train_blocks(config)
+    config["tasks"]["sst2"]["teacher"] = "base"  # a given teacher: the finetune block is not read
+    check_train_blocks(config)
+
+
 def _local_paths(node, key=None):
     """Every local file a config names (asset `path`s and teacher `vocab`s)."""
     if isinstance(node, dict):

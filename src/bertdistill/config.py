@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .settings import layer_map
+from .settings import SettingsError, TrainConfig, from_mapping, layer_map
 
 
 class ConfigError(ValueError):
@@ -107,30 +107,53 @@ def check_config(config: dict[str, Any]) -> None:
                 f"tasks.{name}.teacher: {teacher!r} is not in `teachers` ({', '.join(teachers)}); "
                 "name a configured teacher or `finetune`"
             )
+        augmenting = (task.get("augment") or {}).get("enabled")
+        if task.get("use_augmented") and not augmenting and not task.get("augmented"):
+            raise ConfigError(
+                f"tasks.{name}.use_augmented is true but tasks.{name}.augmented is not set; give "
+                "augmented: {path: FILE} (the augmented training data) or set use_augmented: false"
+            )
     check_train_blocks(config)
     check_models(config, {name: teacher_bert_config(name, t) for name, t in teachers.items()})
 
 
 def check_train_blocks(config: Mapping[str, Any]) -> None:
-    """Trainer settings that only fail together: ``group_by_length`` needs dynamic padding, and
-    examples held in memory (not general distillation's shard stream)."""
-    blocks = {f"general.{p}.train": config.get("general", {}).get(p, {}).get("train", {}) for p in ("phase1", "phase2")}
-    blocks["adapt_mlm.train"] = config.get("adapt_mlm", {}).get("train", {})
+    """Every ``train`` block a planned job will read is a valid :class:`~bertdistill.settings.TrainConfig`
+    (exactly one of ``max_steps`` and ``epochs``, known keys and choices), checked when the Snakefile is
+    read rather than when the job starts. ``group_by_length`` also needs dynamic padding, and examples
+    held in memory (not general distillation's shard stream)."""
+    mlm_used = bool(config.get("tasks")) and config.get("augment", {}).get("mlm") == "adapted"
+    general = config.get("general", {})
+    blocks: dict[str, tuple[Any, bool]] = {  # key -> (the block's train, whether a job reads it)
+        f"general.{p}.train": ((general.get(p) or {}).get("train"), True) for p in ("phase1", "phase2")
+    }
+    blocks["adapt_mlm.train"] = ((config.get("adapt_mlm") or {}).get("train"), mlm_used)
     for name, task in config.get("tasks", {}).items():
         for stage in ("finetune", "backbone", "prediction"):
-            blocks[f"tasks.{name}.{stage}.train"] = (task.get(stage) or {}).get("train", {})
-    for key, train in blocks.items():
-        if not train.get("group_by_length"):
+            used = stage != "finetune" or task.get("teacher") == "finetune"
+            blocks[f"tasks.{name}.{stage}.train"] = ((task.get(stage) or {}).get("train"), used)
+    for key, (train, used) in blocks.items():
+        if train is None:
+            if used:
+                raise ConfigError(
+                    f"{key}: missing; a block given in a config file replaces the whole default block, "
+                    "so give its train settings too (config/config.yaml has an example)"
+                )
             continue
-        if not key.startswith("tasks."):
-            raise ConfigError(
-                f"{key}.group_by_length: this stage streams its pre-training shards and cannot sort them "
-                "by length; set it to false"
-            )
-        if not train.get("dynamic_padding", True):
-            raise ConfigError(
-                f"{key}.group_by_length needs dynamic_padding: true (at a fixed length no padding is saved)"
-            )
+        if train.get("group_by_length"):
+            if not key.startswith("tasks."):
+                raise ConfigError(
+                    f"{key}.group_by_length: this stage streams its pre-training shards and cannot sort them "
+                    "by length; set it to false"
+                )
+            if not train.get("dynamic_padding", True):
+                raise ConfigError(
+                    f"{key}.group_by_length needs dynamic_padding: true (at a fixed length no padding is saved)"
+                )
+        try:
+            from_mapping(TrainConfig, train, key)
+        except SettingsError as e:
+            raise ConfigError(str(e)) from None
 
 
 def source_bytes(source: Mapping[str, Any]) -> int | None:
@@ -222,7 +245,10 @@ def check_models(config: Mapping[str, Any], teacher_configs: Mapping[str, Mappin
         )
     for name, cfg in teacher_configs.items():
         if cfg and cfg.get("hidden_size", 768) % cfg.get("num_attention_heads", 12):
-            raise ConfigError(f"teachers.{name}: its config has hidden_size not a multiple of num_attention_heads")
+            raise ConfigError(
+                f"teachers.{name}: its config.json has hidden_size {cfg.get('hidden_size', 768)}, not a multiple of "
+                f"num_attention_heads {cfg.get('num_attention_heads', 12)}; fix that checkpoint's config.json"
+            )
 
     def check_losses(key: str, losses: Mapping[str, Any], teacher: str, cfg: Mapping[str, Any]) -> None:
         t_heads, t_layers = cfg.get("num_attention_heads", 12), cfg.get("num_hidden_layers", 12)
@@ -322,13 +348,13 @@ def _check_benchmark(config, base, base_name) -> None:
             if shape["hidden_size"] % shape["num_attention_heads"]:
                 raise ConfigError(
                     f"benchmark.shapes.{name}.{side}: hidden_size {shape['hidden_size']} is not a multiple of "
-                    f"num_attention_heads {shape['num_attention_heads']}"
+                    f"num_attention_heads {shape['num_attention_heads']}; choose heads that divide the hidden size"
                 )
             too_long = [n for n in lengths if n > _positions(shape)]
             if too_long:
                 raise ConfigError(
                     f"benchmark.seq_lengths: {too_long} exceed benchmark.shapes.{name}.{side}'s "
-                    f"max_position_embeddings {_positions(shape)}"
+                    f"max_position_embeddings {_positions(shape)}; raise it or drop those lengths"
                 )
     if base is not None:
         too_long = [n for n in lengths if n > _positions(base)]
