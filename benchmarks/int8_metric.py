@@ -1,12 +1,17 @@
-"""What moves the INT8 graph's metric: 7- or 8-bit weights and the evaluation batch, on a finished run.
+"""What moves the INT8 graph's metric: 7- or 8-bit weights, calibrated activation scales and the
+evaluation batch, on a finished run.
 
 For each task and model (student, teacher) of a finished run (``results/{task}_onnx/{model}/model.onnx``,
-the fp32 export), the graph is quantised with the export stage's own function (dynamic INT8, one
-scale per output channel) twice: ``reduce_range`` on (7-bit weights, the default, safe from the
-16-bit overflow of 8-bit products on CPUs without VNNI) and off. Each graph, and the fp32 one, is
-scored on dev and test at each ``--batches`` size by the evaluation code the pipeline uses.
-Activations are quantised per batch at run time, so the INT8 metric depends on which features
-share a batch; the fp32 metric does not (printed per batch as a check).
+the fp32 export), the graph is quantised with the export stage's own function (one scale per
+output channel) in each ``--variants``: dynamic INT8 (activations quantised per batch at run
+time) with ``reduce_range`` on (``int8_7bit``: 7-bit weights, the default, safe from the 16-bit
+overflow of 8-bit products on CPUs without VNNI) and off (``int8_8bit``), and static INT8 with
+7-bit weights and activation scales calibrated (``export.int8_activations``) on
+``--calibration-features`` training features (``static_minmax``, ``static_percentile``). Each
+graph, and the fp32 one, is scored on dev and test at each ``--batches`` size by the evaluation
+code the pipeline uses. Dynamic INT8's metric depends on which features share a batch; the fp32
+and static ones do not (printed per batch as a check). With ``--timing``, each graph's median
+seconds for one batch of 128 x 128 random tokens, interleaved over the graphs.
 
 Run from the workflow's folder (it reads ``config/config.yaml`` for the splits and batch sizes).
 Prints one JSON object: per task, model and split, the fp32 metric and each variant's change
@@ -18,14 +23,39 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
 
 from bertdistill.benchmark import machine_info
-from bertdistill.export import OnnxModel, quantize_int8
+from bertdistill.export import OnnxModel, calibration_batches, quantize_int8
 from bertdistill.inference import predict_logits
 from bertdistill.tasks import get_task, read_h5
+
+VARIANTS = {  # name: (reduce_range, export.int8_activations)
+    "int8_7bit": (True, "dynamic"),
+    "int8_8bit": (False, "dynamic"),
+    "static_minmax": (True, "minmax"),
+    "static_percentile": (True, "percentile"),
+}
+
+
+def timings(sessions: dict[str, OnnxModel], rounds: int = 5) -> dict[str, float]:
+    """Median seconds of one 128 x 128 batch per graph, after a warm-up, the graphs interleaved."""
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(rng.integers(1000, 20000, (128, 128)))
+    mask = torch.ones_like(ids)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for r in range(rounds + 1):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s(ids, mask)
+            if r:  # round 0 warms up
+                times[k].append(time.perf_counter() - t0)
+    return {k: round(float(np.median(v)), 3) for k, v in times.items()}
 
 
 def main() -> None:
@@ -35,6 +65,9 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["student", "teacher"])
     p.add_argument("--batches", type=int, nargs="+", help="evaluation batch sizes (default: the task's)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--calibration-features", type=int, default=256, help="static: training features drawn")
+    p.add_argument("--timing", action="store_true", help="also time each graph at batch 128, seq 128")
     a = p.parse_args()
     config = yaml.safe_load(Path("config/config.yaml").read_text())
 
@@ -44,14 +77,19 @@ def main() -> None:
             t, cfg = get_task(task), config["tasks"][task]
             batches = a.batches or [cfg["eval_batch_size"]]
             vocab = a.results / "teachers" / task / "vocab.txt"  # the export stage scores with the teacher's vocab
-            splits = {s: read_h5(a.results / task / "features" / f"{s}.hdf5")[0] for s in ("dev", "test")}
+            features = a.results / task / "features"
+            splits = {s: read_h5(features / f"{s}.hdf5")[0] for s in ("dev", "test")}
+            # The export rule's choice: the original training data, not an augmented copy.
+            train = features / "train_original.hdf5"
+            train = train if train.exists() else features / "train.hdf5"
+            calibration = calibration_batches(read_h5(train)[0], 32, a.calibration_features)
             for model in a.models:
                 fp32 = a.results / f"{task}_onnx" / model / "model.onnx"
                 graphs = {"fp32": fp32}
-                for reduce_range in (True, False):
-                    name = f"int8_{7 if reduce_range else 8}bit"
+                for name in a.variants:
+                    reduce_range, activations = VARIANTS[name]
                     graphs[name] = Path(tmp) / f"{task}-{model}-{name}.onnx"
-                    quantize_int8(fp32, graphs[name], per_channel=True, reduce_range=reduce_range)
+                    quantize_int8(fp32, graphs[name], True, reduce_range, activations, calibration)
                 sessions = {k: OnnxModel(g, a.threads) for k, g in graphs.items()}
                 record: dict[str, object] = {}
                 for split, arrays in splits.items():
@@ -72,6 +110,8 @@ def main() -> None:
                         record[f"{split}@{batch}"] = {"fp32": round(base, 2)} | {
                             k: round(v - base, 2) for k, v in scores.items()
                         }
+                if a.timing:
+                    record["seconds_b128_s128"] = timings(sessions)
                 out[f"{task}/{model}"] = record
     print(json.dumps(out))
 

@@ -220,14 +220,18 @@ def final_inputs(wildcards):
 
 
 def export_inputs(wildcards):
-    """export_onnx: the final student and its teacher, evaluated on the reported split."""
+    """export_onnx: the final student and its teacher, evaluated on the reported split (and training
+    features where INT8 activation scales are calibrated)."""
     task, split = wildcards.task, report_split(wildcards.task)
-    return {
+    inputs = {
         "student": f"results/{task}_final",
         "teacher": task_teacher_dir(wildcards),
         "eval_features": f"results/{task}/features/{split}.hdf5",
         "eval_data": task_split_path(task, split),
     }
+    if config["export"]["int8"] and config["export"]["int8_activations"] != "dynamic":
+        inputs["calibration_features"] = finetune_features(wildcards)  # the original training data
+    return inputs
 
 
 def hub_model_inputs(wildcards):

@@ -113,6 +113,7 @@ def test_every_rule_passes_only_what_the_cli_accepts(tmp_path):
     config["teachers"]["squad"] = {"source": {"url": "https://example.org/qa.zip", "sha256": "0" * 64}, "head": "qa"}
     config["tasks"]["squad"]["teacher"] = "squad"
     config["tasks"]["sst2"]["dev"] = {"from_train": 0.1}  # the recipes' way: dev carved out of train
+    config["export"]["int8_activations"] = "percentile"  # the export then also reads training features
     jobs, rules = workflow_jobs(wd, config)
     parser = build_parser()
     seen = set()
@@ -131,6 +132,9 @@ def test_every_rule_passes_only_what_the_cli_accepts(tmp_path):
         args = parser.parse_args(to_argv(entry.name, kwargs))
         assert stage_kwargs(entry, args, parser) == kwargs, job.rule.name
         seen.add(job.rule.name)
+        if job.rule.name == "export_onnx":  # calibration on the original training data, never augmented
+            original = "train_original" if job.wildcards["task"] == "sst2" else "train"
+            assert kwargs["calibration_features"] == f"results/{job.wildcards['task']}/features/{original}.hdf5"
     assert seen == set(rules) - {"all"}
     assert {s.name for s in STAGES.values() if set(s.rules) & seen} == set(STAGES)
 

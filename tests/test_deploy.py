@@ -111,6 +111,44 @@ def test_int8_copy_has_one_scale_per_output_channel_by_default(tmp_path):
     assert 0 < diffs[True] < diffs[False] / 10, diffs  # measured: 0.04 and 1.7
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_calibrated_int8_answers_each_row_alone(tmp_path, method):
+    """With activation scales calibrated beforehand (export.int8_activations minmax / percentile),
+    a row's INT8 logits do not depend on the rows batched with it; with dynamic INT8 (scales from
+    each batch's range) they do. Both stay near fp32, and the calibrated graph holds fixed scales."""
+    import onnx
+
+    from bertdistill.export import calibration_batches
+
+    torch.manual_seed(0)
+    model = build_model(BertConfig(vocab_size=300, num_hidden_layers=2, hidden_size=48, intermediate_size=96,
+                                   num_attention_heads=4), "qa").eval()  # fmt: skip
+    calibration = calibration_batches(_features(300, 40, 24, seed=1), batch_size=8, n=32)
+    assert len(calibration) == 4 and {b["input_ids"].shape[1] for b in calibration} == {24}
+    files = {
+        mode: export_files(model, tmp_path / mode, 17, False, True, True, True, mode, calibration)["int8"]
+        for mode in ("dynamic", method)
+    }
+    ops = [n.op_type for n in onnx.load(str(files[method])).graph.node]
+    assert ops.count("QuantizeLinear") >= 4 and "DynamicQuantizeLinear" not in ops
+    assert "DynamicQuantizeLinear" in [n.op_type for n in onnx.load(str(files["dynamic"])).graph.node]
+
+    feats = _features(300, 8, 24, seed=2)
+    feats["input_ids"][1:] = feats["input_ids"][1:] * 0 + 7 * feats["attention_mask"][1:]  # other rows: one token
+    reference = predict_logits(model, feats, batch_size=8, trim=False)
+    for mode, path in files.items():
+        session = OnnxModel(path)
+        batched = predict_logits(session, feats, batch_size=8, trim=False)[0]
+        alone = predict_logits(session, {k: v[:1] for k, v in feats.items()}, batch_size=1, trim=False)[0]
+        if mode == "dynamic":
+            assert np.abs(batched - alone).max() > 1e-4  # the batch changed the row's scales
+        else:
+            np.testing.assert_allclose(batched, alone, atol=1e-6, rtol=0)
+        assert np.abs(batched - reference[0]).max() < 0.1 * np.abs(reference[0]).max()
+    with pytest.raises(ExportError, match="needs calibration features"):
+        export_files(model, tmp_path / "none", 17, False, True, True, True, method, None)
+
+
 def _task_folders(tmp_path, task: str):
     """A tiny task: trained-looking student and teacher folders (random weights), dev data and features."""
     head = get_task(task).head
@@ -160,6 +198,30 @@ def test_export_stage_checks_parity_and_evaluates_int8(tmp_path, monkeypatch, ta
         assert info["int8_metric_change"] == pytest.approx(change, abs=1e-4)
         assert info["fused_operators"]["Attention"] == 2
         assert info["source"] == str({"student": student, "teacher": teacher}[side])
+
+
+def test_export_stage_calibrates_int8_on_training_features(tmp_path):
+    """export.int8_activations minmax: the stage draws calibration batches from the training
+    features it is given, writes an INT8 graph with fixed activation scales and scores it; without
+    training features it stops with the key and the fix."""
+    import onnx
+
+    student, teacher, dev, dev_h5 = _task_folders(tmp_path, "squad")
+    settings = {"int8_activations": "minmax", "bf16": False}
+    with pytest.raises(ExportError, match="export.int8_activations: minmax calibrates on training features"):
+        deploy.export("squad", student, teacher, dev_h5, dev, tmp_path / "no", 16, 20, 30, settings)
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "squad_onnx"
+    record = deploy.export(
+        "squad", student, teacher, dev_h5, dev, out, 16, 20, 30, settings, calibration_features=dev_h5
+    )
+    assert record["settings"]["int8_activations"] == "minmax"
+    for side in ("student", "teacher"):
+        ops = [n.op_type for n in onnx.load(str(out / side / FILES["int8"])).graph.node]
+        assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+        info = record["models"][side]
+        change = info["metrics"]["onnx_int8"]["f1"] - info["metrics"]["onnx_fused"]["f1"]
+        assert info["int8_metric_change"] == pytest.approx(change, abs=1e-4)
 
 
 def test_export_fails_when_the_graph_does_not_match(tmp_path, monkeypatch):

@@ -6,8 +6,9 @@ Files of one exported model (``<folder>/``):
 - ``model.onnx``: the graph as exported (dynamic batch and sequence axes, the task head included);
 - ``model.opt.onnx``: the same graph after ``onnxruntime.transformers.optimizer`` (model type
   ``bert``: fused ``Attention``, ``SkipLayerNormalization``, ``BiasGelu``);
-- ``model.int8.onnx``: ``model.onnx`` with INT8 weights (``quantize_dynamic``, one scale per output
-  channel by default; activations are quantised per batch at run time).
+- ``model.int8.onnx``: ``model.onnx`` with INT8 weights (one scale per output channel by default);
+  activations quantised per batch at run time (``quantize_dynamic``, the default) or with scales
+  calibrated on training features (``quantize_static``).
 
 The export uses PyTorch's TorchScript-based exporter: ONNX Runtime's BERT fusions match the graph
 it writes (measured: 4 of 4 attention blocks fused for a 4-layer student) but not the graph of the
@@ -16,8 +17,10 @@ it writes (measured: 4 of 4 attention blocks fused for a 4-layer student) but no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,25 +99,102 @@ def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int, hidden_size:
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
-def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = True) -> None:
-    """Dynamic INT8 quantisation of every MatMul/Gemm weight of ``src`` into ``dst`` (``per_channel``:
-    one scale per output column; one per matrix lets a few large weights crush the rest)."""
+def quantize_int8(
+    src: str | Path,
+    dst: str | Path,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    activations: str = "dynamic",
+    calibration: list[dict[str, np.ndarray]] | None = None,
+) -> None:
+    """INT8 quantisation of every MatMul/Gemm weight of ``src`` into ``dst`` (``per_channel``: one
+    scale per output column; one per matrix lets a few large weights crush the rest).
+
+    ``activations`` sets the scales of those products' inputs: ``dynamic`` (``quantize_dynamic``)
+    computes them per batch at run time, so a row's result depends on the rows batched with it;
+    ``minmax`` and ``percentile`` (``quantize_static``, QDQ) fix them beforehand from the ranges
+    seen on ``calibration`` (input feeds, :func:`calibration_batches`), so every row's result
+    depends on that row alone. Products of two activations (attention scores) stay fp32 either way.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # it logs its "pre-process first" advice on the root logger
     try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            extra_options={"DefaultTensorType": 1},  # FLOAT where shape inference leaves a type open
-        )
+        if activations == "dynamic":
+            quantize_dynamic(
+                str(src),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                extra_options={"DefaultTensorType": 1},  # FLOAT where shape inference leaves a type open
+            )
+        else:
+            if not calibration:
+                raise ExportError(f"{src}: {activations} INT8 needs calibration features")
+            _quantize_static(src, dst, per_channel, reduce_range, activations, calibration)
     finally:
         root.setLevel(level)
+
+
+def calibration_batches(
+    arrays: Mapping[str, np.ndarray], batch_size: int = 32, n: int | None = None, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """``n`` features drawn at random (all when None), as input feeds of ``batch_size`` rows cut to
+    the sample's longest sequence (one length for all: the histogram calibrators stack batches)."""
+    total = len(arrays["input_ids"])
+    idx = np.sort(np.random.default_rng(seed).permutation(total)[: n or total])
+    keep = int(arrays["attention_mask"][idx].sum(1).max())
+    return [
+        {k: np.ascontiguousarray(arrays[k][idx[i : i + batch_size], :keep].astype(np.int64)) for k in INPUT_NAMES}
+        for i in range(0, len(idx), batch_size)
+    ]
+
+
+def _quantize_static(src, dst, per_channel: bool, reduce_range: bool, method: str, feeds: list) -> None:
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    # The histogram calibrators print their progress to stdout; a benchmark's stdout is its JSON.
+    with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp, contextlib.redirect_stdout(sys.stderr):
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre))  # shape inference, which the quantiser needs
+        graph = onnx.load(str(pre))
+        weights = {i.name for i in graph.graph.initializer}
+        with_weight = [n.name for n in graph.graph.node if n.op_type in ("MatMul", "Gemm") and weights & set(n.input)]
+        quantize_static(
+            str(pre),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_quantize=with_weight,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method],
+            # Outputs stay fp32 (ONNX Runtime fuses to MatMulIntegerToFloat), as in dynamic INT8.
+            extra_options={"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]},
+        )
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: list | None = None):
@@ -179,8 +259,11 @@ def export_files(
     int8: bool = True,
     per_channel: bool = True,
     reduce_range: bool = True,
+    int8_activations: str = "dynamic",
+    calibration: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``model.onnx`` (+ ``model.opt.onnx``, ``model.int8.onnx``) into ``folder``; their paths by kind."""
+    """Write ``model.onnx`` (+ ``model.opt.onnx``, ``model.int8.onnx``) into ``folder``; their paths by
+    kind (``int8_activations`` and ``calibration``: :func:`quantize_int8`)."""
     files = {"fp32": export_onnx(model, folder / FILES["fp32"], opset)}
     if optimize:
         optimize_onnx(
@@ -188,7 +271,7 @@ def export_files(
         )
         files["fused"] = folder / FILES["fused"]
     if int8:
-        quantize_int8(files["fp32"], folder / FILES["int8"], per_channel, reduce_range)
+        quantize_int8(files["fp32"], folder / FILES["int8"], per_channel, reduce_range, int8_activations, calibration)
         files["int8"] = folder / FILES["int8"]
     return files
 

@@ -292,6 +292,10 @@ class ExportSettings:
         int8: also write model.int8.onnx, dynamically quantised to INT8 weights, and evaluate it on dev
         per_channel: INT8: one scale per output channel, not per weight matrix (where outliers set the scale)
         reduce_range: INT8: 7-bit weights, which avoids overflow on CPUs without VNNI (AVX2)
+        int8_activations: INT8: scales of the quantised products' inputs, per batch at run time
+            (dynamic) or fixed from calibration on training features (minmax, percentile: a row's
+            result no longer depends on the rows batched with it)
+        calibration_features: INT8 minmax/percentile: training features drawn for calibration
         bf16: also evaluate the PyTorch model under bf16 autocast on the CPU, where the CPU computes bf16 natively
         threads: ONNX Runtime threads for the parity check and dev evaluation (null = all cores)
     """
@@ -303,6 +307,8 @@ class ExportSettings:
     int8: bool = True
     per_channel: bool = True
     reduce_range: bool = True
+    int8_activations: Literal["dynamic", "minmax", "percentile"] = "dynamic"
+    calibration_features: int = 256
     bf16: bool = True
     threads: int | None = None
 

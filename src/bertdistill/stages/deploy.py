@@ -16,7 +16,7 @@ import torch
 
 from ..benchmark import BF16_SKIP, native_cpu_bf16
 from ..checkpoints import CONFIG_NAME, VOCAB_NAME, load_model, save_model, tokenizer_lowercase
-from ..export import FILES, ExportError, OnnxModel, export_files, file_mb, max_abs_diff, subset
+from ..export import FILES, ExportError, OnnxModel, calibration_batches, export_files, file_mb, max_abs_diff, subset
 from ..inference import predict_logits
 from ..modelcard import MODEL_FILES
 from ..settings import BenchmarkSettings, ExportSettings
@@ -35,11 +35,20 @@ def _export_model(
     n_best: int,
     max_answer_length: int,
     settings: ExportSettings,
+    calibration: list[dict] | None = None,
 ) -> dict[str, Any]:
     t = get_task(task)
     model = load_model(folder, head=t.head)
     files = export_files(
-        model, out, settings.opset, settings.optimize, settings.int8, settings.per_channel, settings.reduce_range
+        model,
+        out,
+        settings.opset,
+        settings.optimize,
+        settings.int8,
+        settings.per_channel,
+        settings.reduce_range,
+        settings.int8_activations,
+        calibration,
     )
     fused = {}
     if "fused" in files:
@@ -112,6 +121,7 @@ def export(
     max_answer_length: int,
     settings: ExportSettings,
     split: str = "dev",
+    calibration_features: Path | None = None,
 ) -> dict[str, Any]:
     """``results/{task}_onnx``: the final student and its teacher as ONNX (``student/`` and
     ``teacher/``: model.onnx, model.opt.onnx, model.int8.onnx), checked against PyTorch on the
@@ -131,9 +141,19 @@ def export(
         max_answer_length: SQuAD: longest answer in tokens
         settings: opset, parity tolerance, fusion and INT8 options
         split: which split eval_features holds (test or dev), recorded
+        calibration_features: training features, for INT8 with calibrated activation scales
+            (``settings.int8_activations`` minmax or percentile; ``settings.calibration_features`` drawn)
     """
     t0 = time.time()
     eval_arrays, _ = read_h5(eval_features)
+    calibration = None
+    if settings.int8 and settings.int8_activations != "dynamic":
+        if calibration_features is None:
+            raise ExportError(
+                f"export.int8_activations: {settings.int8_activations} calibrates on training features; "
+                "give calibration_features (the rule does) or use dynamic"
+            )
+        calibration = calibration_batches(read_h5(calibration_features)[0], 32, settings.calibration_features)
     vocab = teacher / VOCAB_NAME
     tmp = output.with_name(f".{output.name}.tmp")
     if tmp.exists():
@@ -151,6 +171,7 @@ def export(
             n_best,
             max_answer_length,
             settings,
+            calibration,
         )
     record = {
         "task": task,
