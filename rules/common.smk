@@ -230,7 +230,8 @@ def export_inputs(wildcards):
         "eval_data": task_split_path(task, split),
     }
     if config["export"]["int8"] and config["export"]["int8_activations"] != "dynamic":
-        inputs["calibration_features"] = finetune_features(wildcards)  # the original training data
+        # calibration on the original training data
+        inputs["calibration_features"] = finetune_features(wildcards)
     return inputs
 
 
