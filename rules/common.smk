@@ -347,11 +347,7 @@ def task_train_path(wildcards):
     if t["augment"]["enabled"]:
         ext = get_task(wildcards.task).data_ext
         return f"results/{wildcards.task}/augmented/train_aug.{ext}"
-    if t["use_augmented"]:
-        if "augmented" not in t:
-            raise ValueError(
-                f"tasks.{wildcards.task}.use_augmented is true but no `augmented` file is configured"
-            )
+    if t["use_augmented"]:  # with an `augmented` file (bertdistill.config.check_config)
         return t["augmented"]["path"]
     return task_split_path(wildcards.task, "train")
 

@@ -252,7 +252,7 @@ def test_group_by_length_where_it_cannot_work_is_a_config_error():
             check_train_blocks(config)
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["tasks"]["squad"]["prediction"]["train"]["dynamic_padding"] = False
-    with pytest.raises(ConfigError, match=r"tasks.squad.prediction.train.group_by_length needs dynamic_padding"):
+    with pytest.raises(ConfigError, match=r"tasks\.squad\.prediction\.train: group_by_length needs dynamic_padding"):
         check_train_blocks(config)
 
 

@@ -140,17 +140,12 @@ def check_train_blocks(config: Mapping[str, Any]) -> None:
                     "so give its train settings too (config/config.yaml has an example)"
                 )
             continue
-        if train.get("group_by_length"):
-            if not key.startswith("tasks."):
-                raise ConfigError(
-                    f"{key}.group_by_length: this stage streams its pre-training shards and cannot sort them "
-                    "by length; set it to false"
-                )
-            if not train.get("dynamic_padding", True):
-                raise ConfigError(
-                    f"{key}.group_by_length needs dynamic_padding: true (at a fixed length no padding is saved)"
-                )
-        try:
+        if train.get("group_by_length") and not key.startswith("tasks."):
+            raise ConfigError(
+                f"{key}.group_by_length: this stage streams its pre-training shards and cannot sort them "
+                "by length; set it to false"
+            )
+        try:  # TrainConfig's own checks, e.g. group_by_length without dynamic_padding
             from_mapping(TrainConfig, train, key)
         except SettingsError as e:
             raise ConfigError(str(e)) from None

@@ -289,7 +289,7 @@ class ExportSettings:
         tolerance: largest allowed absolute difference between ONNX Runtime's and PyTorch's logits on dev features
         parity_features: dev features compared with PyTorch (null = all)
         optimize: also write model.opt.onnx, fused by ONNX Runtime's transformer optimizer (model type bert)
-        int8: also write model.int8.onnx, dynamically quantised to INT8 weights, and evaluate it on dev
+        int8: also write model.int8.onnx, with INT8 weights (see int8_activations), and evaluate it on dev
         per_channel: INT8: one scale per output channel, not per weight matrix (where outliers set the scale)
         reduce_range: INT8: 7-bit weights, which avoids overflow on CPUs without VNNI (AVX2)
         int8_activations: INT8: scales of the quantised products' inputs, per batch at run time
