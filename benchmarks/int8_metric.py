@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--calibration-features", type=int, default=256, help="static: training features drawn")
+    p.add_argument("--calibration-seed", type=int, default=0, help="static: seed of that draw (the export's: 0)")
     p.add_argument("--timing", action="store_true", help="also time each graph at batch 128, seq 128")
     a = p.parse_args()
     config = yaml.safe_load(Path("config/config.yaml").read_text())
@@ -82,7 +83,7 @@ def main() -> None:
             # The export rule's choice: the original training data, not an augmented copy.
             train = features / "train_original.hdf5"
             train = train if train.exists() else features / "train.hdf5"
-            calibration = calibration_batches(read_h5(train)[0], 32, a.calibration_features)
+            calibration = calibration_batches(read_h5(train)[0], 32, a.calibration_features, a.calibration_seed)
             for model in a.models:
                 fp32 = a.results / f"{task}_onnx" / model / "model.onnx"
                 graphs = {"fp32": fp32}
