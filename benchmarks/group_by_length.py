@@ -22,6 +22,14 @@ Prints one JSON object: per task, plain_s and grouped_s (medians of the timed fi
 function ``finetune_teacher`` with ``config/config.yaml``'s settings, from the base teacher in
 ``resources/teachers/base``, run from the workflow's folder) once per seed with random batches
 and once grouped, in alternating order; prints each seed's dev metric for both.
+
+``--student-seeds 2 3`` measures the student's metric: the task's two student stages (the stage
+functions ``task_backbone`` and ``task_prediction`` with ``config/config.yaml``'s settings, from
+the finished run's general student, teacher and cached teacher logits) once per seed with random
+batches and once grouped, in alternating order, both stages grouped or neither; the prediction
+student (the stage's kept checkpoint, as ``task_final`` reports it) is scored on dev and, where the
+task has one, the held-out test split. The teacher is whatever the results folder holds: the run
+records whether its fine-tuning grouped batches.
 """
 
 from __future__ import annotations
@@ -65,15 +73,23 @@ def fit(start: torch.nn.Module, data, grouped: bool, steps: int, batch: int, tmp
     return time.perf_counter() - t
 
 
+def workflow_config() -> dict:
+    """``config/config.yaml`` of the workflow in this folder with the schema's defaults filled in,
+    as the Snakefile's ``validate`` fills them."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(Path("config/config.yaml").read_text())
+    validate(config, str(Path(__file__).resolve().parents[1] / "schemas/config.schema.yaml"))
+    return config
+
+
 def finetune_seeds(results: Path, task: str, seeds: list[int]) -> dict[str, object]:
     """Dev metric of the task's teacher fine-tuning per seed, random batches against grouped."""
-    import yaml
-
     from bertdistill.settings import TrainConfig
     from bertdistill.stages.tasks import finetune_teacher
 
-    config = yaml.safe_load(Path("config/config.yaml").read_text())
-    t = config["tasks"][task]
+    t = workflow_config()["tasks"][task]
     features = results / task / "features" / ("train_original.hdf5" if t["augment"]["enabled"] else "train.hdf5")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,8 +106,8 @@ def finetune_seeds(results: Path, task: str, seeds: list[int]) -> dict[str, obje
                     output=Path(tmp) / f"{seed}-{grouped}",
                     train=train,
                     eval_batch_size=t["eval_batch_size"],
-                    n_best=t.get("n_best", 20),
-                    max_answer_length=t.get("max_answer_length", 30),
+                    n_best=t["n_best"],
+                    max_answer_length=t["max_answer_length"],
                     snapshot_dir=Path(tmp) / f"snapshots-{seed}-{grouped}",
                 )
                 metric = r["best_metric"]  # the selection: best dev metric
@@ -105,6 +121,83 @@ def finetune_seeds(results: Path, task: str, seeds: list[int]) -> dict[str, obje
                 )
     mean = {g: statistics.mean(r["dev"] for r in rows if r["grouped"] == g) for g in (False, True)}
     return {"runs": rows, "plain_mean": round(mean[False], 2), "grouped_mean": round(mean[True], 2)}
+
+
+def _score(task: str, model: torch.nn.Module, features: Path, data: Path, teacher: Path, t: dict) -> dict[str, float]:
+    """A split's metrics of ``model``, by the evaluation the prediction stage and task_final use."""
+    from bertdistill.stages.common import dev_evaluator
+    from bertdistill.tasks import get_task
+
+    n_best, max_answer_length = t["n_best"], t["max_answer_length"]
+    vocab = teacher / "vocab.txt"
+    evaluate = dev_evaluator(get_task(task), features, data, vocab, t["eval_batch_size"], n_best, max_answer_length)
+    return {k: round(v, 2) for k, v in evaluate(model).items() if k != "metric"}
+
+
+def student_seeds(results: Path, task: str, seeds: list[int]) -> dict[str, object]:
+    """The prediction student's dev (and test) metrics per seed, both student stages on random
+    batches against both grouped, from the run's teacher and general student."""
+    from bertdistill.checkpoints import load_model
+    from bertdistill.stages.tasks import task_backbone, task_prediction
+    from bertdistill.tasks import get_task
+
+    t = workflow_config()["tasks"][task]
+    teacher = results / "teachers" / task if t["teacher"] == "finetune" else Path("resources/teachers") / t["teacher"]
+    teacher_record = json.loads((teacher / "distill.json").read_text()) if (teacher / "distill.json").exists() else {}
+    ext = get_task(task).data_ext
+    data = {
+        split: results / task / "data" / f"{split}.{ext}" if "from_train" in t[split] else Path(t[split]["path"])
+        for split in ["dev"] + (["test"] if t.get("test") else [])
+    }
+    logits = results / task / "teacher_logits.hdf5"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for grouped in (False, True) if seed % 2 else (True, False):
+                start = time.perf_counter()
+                out = Path(tmp) / f"{seed}-{grouped}"
+                backbone = task_backbone(
+                    task=task,
+                    teacher=teacher,
+                    init=results / "general" / t["init"],
+                    features=results / task / "features/train.hdf5",
+                    output=out / "backbone",
+                    train={**t["backbone"]["train"], "seed": seed, "group_by_length": grouped},
+                    losses=t["backbone"]["losses"],
+                )
+                student = task_prediction(
+                    task=task,
+                    teacher=teacher,
+                    backbone=backbone,
+                    features=results / task / "features/train.hdf5",
+                    dev_features=results / task / "features/dev.hdf5",
+                    dev=data["dev"],
+                    output=out / "prediction",
+                    train={**t["prediction"]["train"], "seed": seed, "group_by_length": grouped},
+                    temperature=t["prediction"]["temperature"],
+                    eval_batch_size=t["eval_batch_size"],
+                    n_best=t["n_best"],
+                    max_answer_length=t["max_answer_length"],
+                    teacher_logits=logits if t["prediction"]["cached_teacher_logits"] else None,
+                )
+                seconds = time.perf_counter() - start
+                model = load_model(student, head=HEADS[task])
+                rows.append(
+                    {"seed": seed, "grouped": grouped, "s": round(seconds, 1)}
+                    | {
+                        split: _score(task, model, results / task / "features" / f"{split}.hdf5", path, teacher, t)
+                        for split, path in data.items()
+                    }
+                )
+    mean = {
+        f"{'grouped' if g else 'plain'}_mean_{split}": {
+            k: round(statistics.mean(r[split][k] for r in rows if r["grouped"] == g), 2) for k in rows[0][split]
+        }
+        for g in (False, True)
+        for split in data
+    }
+    teacher_grouped = teacher_record.get("train", {}).get("group_by_length")
+    return {"teacher": str(teacher), "teacher_grouped": teacher_grouped, "runs": rows, **mean}
 
 
 def main() -> None:
@@ -121,8 +214,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--finetune-seeds", type=int, nargs="+", help="measure the teacher fine-tuning's dev metric instead")
+    p.add_argument("--student-seeds", type=int, nargs="+", help="measure the student stages' dev/test metric instead")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.student_seeds:
+        print(
+            json.dumps(
+                {t: student_seeds(a.results, t, a.student_seeds) for t in a.tasks}
+                | {"settings": vars(a) | {"results": str(a.results)}},
+                default=str,
+            )
+        )
+        return
     if a.finetune_seeds:
         print(
             json.dumps(

@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -14,6 +16,7 @@ import yaml
 from bertdistill.checkpoints import load_model
 from bertdistill.data.glue import read_sst2_tsv
 from bertdistill.data.squad import load_squad_json, squad_v11_metrics
+from bertdistill.settings import TrainConfig
 from helpers import PAIR, REPO, planned_jobs, smk, task_teacher, write_glove, write_pair_task, write_squad, write_sst2
 from test_envs import conda_packages_of, env_packages, rule_envs
 
@@ -172,6 +175,25 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path, monkeypatch):
             assert info["parity"]["fused"] <= 1e-3 and metric in info["metrics"]["onnx_int8"]
             final = json.loads((wd / f"results/{task}_final/metrics.json").read_text())[side]
             assert info["metrics"]["pytorch"][metric] == pytest.approx(final[metric])  # same model, same code
+    # benchmarks/group_by_length.py --student-seeds reruns both student stages through their stage
+    # functions, each way: with the pipeline's seed and grouping it reproduces the final student.
+    study = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/group_by_length.py"), "--tasks", "squad", "sst2"]
+        + ["--student-seeds", str(TrainConfig(epochs=1).seed), "--threads", "2"],
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert study.returncode == 0, study.stderr[-3000:]
+    study = json.loads(study.stdout)
+    for task, key in (("squad", "f1"), ("sst2", "accuracy")):
+        final = json.loads((wd / f"results/{task}_final/metrics.json").read_text())
+        runs = {r["grouped"]: r for r in study[task]["runs"]}
+        assert set(runs) == {False, True} and study[task]["teacher_grouped"] is None  # a configured teacher
+        assert runs[True]["test"][key] == round(final["student"][key], 2), (task, runs, final["student"])
+        assert runs[True]["dev"][key] == round(final["dev"]["student"][key], 2), (task, runs, final["dev"])
+
     summary = json.loads((wd / "results/benchmark/summary.json").read_text())
     assert set(summary["pairs"]) == {"squad", "sst2", "toy"}
     cells = {(r["pair"], r["backend"], r["batch"]) for r in summary["results"]}
