@@ -217,23 +217,10 @@ def main() -> None:
     p.add_argument("--student-seeds", type=int, nargs="+", help="measure the student stages' dev/test metric instead")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    if a.student_seeds:
-        print(
-            json.dumps(
-                {t: student_seeds(a.results, t, a.student_seeds) for t in a.tasks}
-                | {"settings": vars(a) | {"results": str(a.results)}},
-                default=str,
-            )
-        )
-        return
-    if a.finetune_seeds:
-        print(
-            json.dumps(
-                {t: finetune_seeds(a.results, t, a.finetune_seeds) for t in a.tasks}
-                | {"settings": vars(a) | {"results": str(a.results)}},
-                default=str,
-            )
-        )
+    seeds, study = (a.student_seeds, student_seeds) if a.student_seeds else (a.finetune_seeds, finetune_seeds)
+    if seeds:  # a metric study instead of the timing
+        runs = {t: study(a.results, t, seeds) for t in a.tasks}
+        print(json.dumps(runs | {"settings": vars(a) | {"results": str(a.results)}}, default=str))
         return
 
     out: dict[str, object] = {"settings": vars(a) | {"results": str(a.results)}, "machine": machine_info()}
