@@ -38,11 +38,15 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _workflow import split_paths, teacher_dir, workflow_config  # noqa: E402
 
 HEADS = {"sst2": "classification", "squad": "qa"}
 
@@ -73,17 +77,6 @@ def fit(start: torch.nn.Module, data, grouped: bool, steps: int, batch: int, tmp
     return time.perf_counter() - t
 
 
-def workflow_config() -> dict:
-    """``config/config.yaml`` of the workflow in this folder with the schema's defaults filled in,
-    as the Snakefile's ``validate`` fills them."""
-    import yaml
-    from snakemake.utils import validate
-
-    config = yaml.safe_load(Path("config/config.yaml").read_text())
-    validate(config, str(Path(__file__).resolve().parents[1] / "schemas/config.schema.yaml"))
-    return config
-
-
 def finetune_seeds(results: Path, task: str, seeds: list[int]) -> dict[str, object]:
     """Dev metric of the task's teacher fine-tuning per seed, random batches against grouped."""
     from bertdistill.settings import TrainConfig
@@ -102,7 +95,7 @@ def finetune_seeds(results: Path, task: str, seeds: list[int]) -> dict[str, obje
                     teacher=Path("resources/teachers/base"),
                     features=features,
                     dev_features=results / task / "features/dev.hdf5",
-                    dev=Path(t["dev"]["path"]),
+                    dev=split_paths(results, task, t)["dev"],
                     output=Path(tmp) / f"{seed}-{grouped}",
                     train=train,
                     eval_batch_size=t["eval_batch_size"],
@@ -139,16 +132,11 @@ def student_seeds(results: Path, task: str, seeds: list[int]) -> dict[str, objec
     batches against both grouped, from the run's teacher and general student."""
     from bertdistill.checkpoints import load_model
     from bertdistill.stages.tasks import task_backbone, task_prediction
-    from bertdistill.tasks import get_task
 
     t = workflow_config()["tasks"][task]
-    teacher = results / "teachers" / task if t["teacher"] == "finetune" else Path("resources/teachers") / t["teacher"]
+    teacher = teacher_dir(results, task, t)
     teacher_record = json.loads((teacher / "distill.json").read_text()) if (teacher / "distill.json").exists() else {}
-    ext = get_task(task).data_ext
-    data = {
-        split: results / task / "data" / f"{split}.{ext}" if "from_train" in t[split] else Path(t[split]["path"])
-        for split in ["dev"] + (["test"] if t.get("test") else [])
-    }
+    data = split_paths(results, task, t)
     logits = results / task / "teacher_logits.hdf5"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from bertdistill.benchmark import machine_info
 from bertdistill.export import OnnxModel, calibration_batches, quantize_int8
 from bertdistill.inference import predict_logits
 from bertdistill.tasks import get_task, read_h5
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _workflow import split_paths, teacher_dir, workflow_config  # noqa: E402
 
 VARIANTS = {  # name: (reduce_range, export.int8_activations)
     "int8_7bit": (True, "dynamic"),
@@ -70,16 +73,17 @@ def main() -> None:
     p.add_argument("--calibration-seed", type=int, default=0, help="static: seed of that draw (the export's: 0)")
     p.add_argument("--timing", action="store_true", help="also time each graph at batch 128, seq 128")
     a = p.parse_args()
-    config = yaml.safe_load(Path("config/config.yaml").read_text())
+    config = workflow_config()
 
     out: dict[str, object] = {"settings": vars(a) | {"results": str(a.results)}, "machine": machine_info()}
     with tempfile.TemporaryDirectory() as tmp:
         for task in a.tasks:
             t, cfg = get_task(task), config["tasks"][task]
             batches = a.batches or [cfg["eval_batch_size"]]
-            vocab = a.results / "teachers" / task / "vocab.txt"  # the export stage scores with the teacher's vocab
+            vocab = teacher_dir(a.results, task, cfg) / "vocab.txt"  # the export stage scores with the teacher's vocab
             features = a.results / task / "features"
-            splits = {s: read_h5(features / f"{s}.hdf5")[0] for s in ("dev", "test")}
+            paths = split_paths(a.results, task, cfg)
+            splits = {s: read_h5(features / f"{s}.hdf5")[0] for s in paths}
             # The export rule's choice: the original training data, not an augmented copy.
             train = features / "train_original.hdf5"
             train = train if train.exists() else features / "train.hdf5"
@@ -94,7 +98,7 @@ def main() -> None:
                 sessions = {k: OnnxModel(g, a.threads) for k, g in graphs.items()}
                 record: dict[str, object] = {}
                 for split, arrays in splits.items():
-                    data = Path(cfg[split]["path"])
+                    data = paths[split]
                     for batch in batches:
                         scores = {
                             k: t.evaluate_logits(
@@ -102,8 +106,8 @@ def main() -> None:
                                 arrays,
                                 data,
                                 vocab,
-                                cfg.get("n_best", 20),
-                                cfg.get("max_answer_length", 30),
+                                cfg["n_best"],
+                                cfg["max_answer_length"],
                             )[0][t.metric]
                             for k, s in sessions.items()
                         }
