@@ -425,6 +425,61 @@ def test_cpu_backends_skip_without_native_bf16_or_a_compiler(tmp_path, monkeypat
     assert [r["backend"] for r in summary["results"]] == ["torch"]
 
 
+def test_backends_are_interleaved_so_a_machine_that_slows_down_keeps_their_ratios(tmp_path, monkeypatch):
+    """Four backends whose batches cost known times on a clock that runs twice as slow for the
+    second half of the timed batches (another job starting): every round times each model of each
+    backend once, so the INT8 / fp32 and backend / eager ratios come out exact. Measured one
+    backend after the other, the fused graph and INT8 would have run on the slow machine only,
+    and shown 1.0x eager and 1.0x fp32 instead of 1.25x and 2x. A backend that fails on one shape
+    is reported for that shape; the others go on."""
+    cost = {("torch", 0): 1.0, ("torch", 1): 10.0, ("ort", 0): 1.0, ("ort", 1): 10.0,
+            ("ort-int8", 0): 0.5, ("ort-int8", 1): 5.0, ("ort-fused", 0): 0.8, ("ort-fused", 1): 8.0}  # fmt: skip
+    clock, calls = [0.0], []
+
+    def fake_runner(model, backend, threads, shapes, workdir):
+        side = 0 if model.name == "student" else 1
+
+        def bind(ids, mask, types):
+            if backend == "ort-fused" and ids.shape[0] == 3:
+                raise RuntimeError("no kernel for this shape")
+
+            def run():
+                calls.append((backend, side, ids.shape[0]))
+                timed = 4 * (8 if ids.shape[0] == 2 else 6)  # batch 3: ort-fused fails to bind
+                slow = 2.0 if sum(c[2] == ids.shape[0] for c in calls) > timed / 2 else 1.0
+                clock[0] += cost[backend, side] * slow / 1000  # ms: seq/s are rounded to 0.01
+
+            return run
+
+        return bind
+
+    monkeypatch.setattr(bench, "make_runner", fake_runner)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    model = build_model(BertConfig(**TINY), "classification")
+    pair = bench.Pair("p", "shape", bench.Model("student", model, {}), bench.Model("teacher", model, {}))
+    settings = BenchmarkSettings(backends=["torch", "ort", "ort-fused", "ort-int8"], batch_sizes=[2, 3],
+                                 seq_lengths=[8], warmup=0, iterations=4)  # fmt: skip
+    summary = bench.run_benchmark([pair], settings, tmp_path, log=lambda msg: None)
+
+    timed = [c[:2] for c in calls if c[2] == 2]
+    assert len(timed) == 4 * 8
+    first = [(b, side) for b in settings.backends for side in (0, 1)]
+    for i in range(4):  # each round: every model of every backend once, starting one model later
+        assert timed[8 * i : 8 * i + 8] == first[i:] + first[:i]
+    (h,) = (h for h in summary["headline"] if h["batch"] == 2)
+    assert h["int8_vs_fp32_onnx"] == {"student": 2.0, "teacher": 2.0}
+    assert h["best_fp32"]["student_backend"] == "ort-fused" and h["student_best_fp32_vs_torch_eager"] == 1.25
+    rows = {(r["backend"], r["batch"]): r for r in summary["results"]}
+    assert rows["ort-int8", 2]["student"]["seq_per_s"] == pytest.approx(2 * 4 / (2 * 0.5 + 2 * 1.0) * 1000, rel=1e-5)
+    assert rows["torch", 2]["speedup"] == 10.0
+    # batch 3: ort-fused fails to bind; the other three are still measured, interleaved.
+    assert summary["errors"] == [{"pair": "p", "backend": "ort-fused", "batch": 3, "seq": 8,
+                                  "error": "RuntimeError('no kernel for this shape')"}]  # fmt: skip
+    assert {b for b, batch in rows if batch == 3} == {"torch", "ort", "ort-int8"}
+    (h,) = (h for h in summary["headline"] if h["batch"] == 3)
+    assert h["int8_vs_fp32_onnx"] == {"student": 2.0, "teacher": 2.0}
+
+
 def test_headline_picks_the_best_backend_per_precision_by_hand():
     """Best fp32 and best bf16 of each side, their ratios, and each against PyTorch eager fp32."""
 

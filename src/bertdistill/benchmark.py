@@ -1,10 +1,12 @@
 """Inference benchmark: sequences/s and latency percentiles of a student and its teacher on every
-available backend, measured in one run and interleaved, so each speedup is a ratio from one run.
+available backend, measured in one run and interleaved, so each ratio between two of them is a
+ratio from one run.
 
 A *pair* is a student and a teacher: a task's exported models (``results/{task}_onnx``) or
 random-weight models of given shapes (the reference's 4L-312D student against BERT-base). For
-each backend, batch size and sequence length, both models warm up, then alternate one timed batch
-each. Inputs are random token ids with every position real (no padding), token type 0.
+each batch size and sequence length, both models of every backend warm up, then every one of
+them times one batch per round (:func:`measure_cell`). Inputs are random token ids with every
+position real (no padding), token type 0.
 
 Backends (:data:`BACKENDS`): PyTorch eager fp32; on the CPU ``torch.compile`` (Inductor) fp32 and,
 where the CPU computes bf16 natively (AMX or AVX512-BF16), bf16 autocast eager and compiled; on a
@@ -400,38 +402,61 @@ def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
     }
 
 
-def measure_pair(
-    run_student: Callable,
-    run_teacher: Callable,
+def measure_cell(
+    runners: Mapping[str, tuple[Callable, Callable]],
     batch: int,
     seq: int,
     vocab_size: int,
-    device: str,
     warmup: int,
     iters: int,
-) -> dict[str, Any]:
-    """Bind both to one batch of inputs, warm up both, then alternate one timed batch of student and
-    teacher ``iters`` times."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, Exception]]:
+    """One batch x seq cell of every backend, interleaved: bind each backend's student and teacher
+    to one batch of inputs and warm them all up, then ``iters`` rounds in which every model of every
+    backend times one batch. Each round starts one model later than the one before, so no model
+    always runs first or after the same one. A machine whose speed drifts (other jobs, clocks)
+    then slows every backend alike, and each ratio (student / teacher, INT8 / fp32, backend /
+    eager) compares batches timed minutes apart at most by one round.
+
+    Returns the cell of each backend that ran every batch, and the error of each that failed (on
+    binding, warm-up or a timed batch; the others go on without it)."""
     inputs = _inputs(batch, seq, vocab_size)
-    run_student, run_teacher = run_student(*inputs), run_teacher(*inputs)
-    timed = _timer(device)
-    for _ in range(warmup):
-        run_student()
-        run_teacher()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    s_times, t_times = [], []
+    failed: dict[str, Exception] = {}
+    bound: dict[str, tuple[Callable, Callable]] = {}
+    for backend, (bind_student, bind_teacher) in runners.items():
+        try:
+            pair = bind_student(*inputs), bind_teacher(*inputs)
+            for _ in range(warmup):
+                for run in pair:
+                    run()
+            if BACKEND_INFO[backend][1] == "cuda":
+                torch.cuda.synchronize()
+        except Exception as e:  # a backend that fails on a shape is reported, not hidden
+            failed[backend] = e
+            continue
+        bound[backend] = pair
+    order = [(backend, side) for backend in bound for side in (0, 1)]
+    timers = {backend: _timer(BACKEND_INFO[backend][1]) for backend in bound}
+    times: dict[tuple[str, int], list[float]] = {k: [] for k in order}
     for i in range(iters):
-        # Alternate which side goes first, so neither always runs on a cache the other warmed.
-        order = [(run_student, s_times), (run_teacher, t_times)]
-        for fn, out in order if i % 2 == 0 else order[::-1]:
-            out.append(timed(fn))
-    student, teacher = latency_stats(s_times, batch), latency_stats(t_times, batch)
-    return {
-        "student": student,
-        "teacher": teacher,
-        "speedup": round(student["seq_per_s"] / teacher["seq_per_s"], 3),
-    }
+        shift = i % len(order) if order else 0
+        for backend, side in order[shift:] + order[:shift]:
+            if backend in failed:
+                continue
+            try:
+                times[backend, side].append(timers[backend](bound[backend][side]))
+            except Exception as e:
+                failed[backend] = e
+    cells = {}
+    for backend in bound:
+        if backend in failed:
+            continue
+        student, teacher = latency_stats(times[backend, 0], batch), latency_stats(times[backend, 1], batch)
+        cells[backend] = {
+            "student": student,
+            "teacher": teacher,
+            "speedup": round(student["seq_per_s"] / teacher["seq_per_s"], 3),
+        }
+    return cells, failed
 
 
 @contextlib.contextmanager
@@ -496,12 +521,13 @@ def run_benchmark(pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: P
     errors: list[dict[str, str]] = []
     with cpu_threads(settings.threads) as threads:
         for pair in pairs:
+            # Every backend of the pair is held at once, so that each cell can interleave them.
+            runners: dict[str, tuple[Callable, Callable]] = {}
             for backend in settings.backends:
-                precision, device = BACKEND_INFO[backend]
                 try:
-                    runners = [
+                    student, teacher = (
                         make_runner(m, backend, settings.threads, shapes, workdir) for m in (pair.student, pair.teacher)
-                    ]
+                    )
                 except Skip as e:
                     skipped.append({"pair": pair.name, "backend": backend, "reason": str(e)})
                     log(f"{pair.name} {backend}: skipped ({e})")
@@ -510,17 +536,16 @@ def run_benchmark(pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: P
                     errors.append({"pair": pair.name, "backend": backend, "batch": None, "seq": None, "error": repr(e)})
                     log(f"{pair.name} {backend}: error {e!r}")
                     continue
-                vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
-                for batch, seq in shapes:
-                    t0 = time.time()
-                    try:
-                        cell = measure_pair(*runners, batch, seq, vocab, device, settings.warmup, settings.iterations)
-                    except Exception as e:  # a backend that fails on a shape is reported, not hidden
-                        errors.append(
-                            {"pair": pair.name, "backend": backend, "batch": batch, "seq": seq, "error": repr(e)}
-                        )
-                        log(f"{pair.name} {backend} b{batch} s{seq}: error {e!r}")
-                        continue
+                runners[backend] = (student, teacher)
+            vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
+            for batch, seq in shapes:
+                t0 = time.time()
+                cells, failed = measure_cell(runners, batch, seq, vocab, settings.warmup, settings.iterations)
+                for backend, e in failed.items():
+                    errors.append({"pair": pair.name, "backend": backend, "batch": batch, "seq": seq, "error": repr(e)})
+                    log(f"{pair.name} {backend} b{batch} s{seq}: error {e!r}")
+                for backend, cell in cells.items():
+                    precision, device = BACKEND_INFO[backend]
                     results.append(
                         {"pair": pair.name, "backend": backend, "precision": precision, "device": device,
                          "batch": batch, "seq": seq, **cell}
@@ -528,11 +553,11 @@ def run_benchmark(pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: P
                     log(
                         f"{pair.name} {backend:>13} b{batch:<4} s{seq:<4} student {cell['student']['seq_per_s']:>10.1f}"
                         f" teacher {cell['teacher']['seq_per_s']:>9.1f} seq/s  x{cell['speedup']:.2f}"
-                        f"  ({time.time() - t0:.1f} s)"
                     )
-                del runners
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                log(f"{pair.name} b{batch} s{seq}: {len(cells)} backends interleaved in {time.time() - t0:.1f} s")
+            del runners
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return {
         "machine": {**machine_info(), **threads},
         "settings": dataclasses.asdict(settings),
@@ -665,7 +690,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + ".",
         f"Each cell: {summary['settings']['warmup']} warm-up and {summary['settings']['iterations']} timed batches "
-        "per model, student and teacher alternating; sequences/s over the timed batches; speedup = student / teacher.",
+        "per model, every model of every backend timing one batch per round; sequences/s over the timed batches; "
+        "speedup = student / teacher.",
         "",
     ]
     for name, pair in summary["pairs"].items():

@@ -333,14 +333,15 @@ BACKENDS = (
 
 @dataclass
 class BenchmarkSettings:
-    """Inference benchmark: every backend x batch size x sequence length, student and teacher interleaved.
+    """Inference benchmark: every backend x batch size x sequence length, every backend's student
+    and teacher interleaved.
 
     Attributes:
         backends: backends to measure; one that cannot run here is reported as skipped with the reason
         batch_sizes: sequences per batch
         seq_lengths: tokens per sequence (every position is a real token)
         warmup: untimed batches per model before timing
-        iterations: timed batches per model, alternating student and teacher
+        iterations: timed batches per model: rounds in which every model of every backend times one batch
         threads: CPU threads for PyTorch and ONNX Runtime (null = all cores this process may use)
     """
 
