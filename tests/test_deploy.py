@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -16,7 +17,7 @@ import torch
 import yaml
 
 from bertdistill import benchmark as bench
-from bertdistill.export import FILES, ExportError, OnnxModel, export_files
+from bertdistill.export import FILES, ExportError, OnnxModel, export_files, ort_session
 from bertdistill.inference import predict_logits
 from bertdistill.model import BertConfig, build_model
 from bertdistill.settings import BACKENDS, BenchmarkSettings, ExportSettings, FeatureSettings
@@ -425,13 +426,40 @@ def test_cpu_backends_skip_without_native_bf16_or_a_compiler(tmp_path, monkeypat
     assert [r["backend"] for r in summary["results"]] == ["torch"]
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a thread pool needs 2 cores to spin beside the caller")
+def test_onnx_sessions_stop_spinning_when_a_run_returns(tmp_path):
+    """ONNX Runtime's threads spin on after a run by default (the control: CPU time is spent while
+    the process sleeps), which on 2 cores takes them from the next model the benchmark times. Our
+    sessions' threads stop when the run returns: no CPU time while idle."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=300, num_hidden_layers=2, hidden_size=256, intermediate_size=1024,
+                        num_attention_heads=4)  # fmt: skip
+    path = export_files(build_model(config, "classification"), tmp_path, optimize=False, int8=False)["fp32"]
+    feeds = {k: v[:, :128] for k, v in _features(300, 16, 128).items()}
+
+    def idle_cpu_seconds(session) -> float:
+        for _ in range(3):
+            session.run(None, feeds)
+        start = time.process_time()
+        time.sleep(0.2)
+        return time.process_time() - start
+
+    default = ort.SessionOptions()
+    default.intra_op_num_threads = 2
+    assert idle_cpu_seconds(ort.InferenceSession(str(path), default, providers=["CPUExecutionProvider"])) > 0.01
+    assert idle_cpu_seconds(ort_session(path, threads=2)) < 0.005
+
+
 def test_backends_are_interleaved_so_a_machine_that_slows_down_keeps_their_ratios(tmp_path, monkeypatch):
     """Four backends whose batches cost known times on a clock that runs twice as slow for the
     second half of the timed batches (another job starting): every round times each model of each
     backend once, so the INT8 / fp32 and backend / eager ratios come out exact. Measured one
     backend after the other, the fused graph and INT8 would have run on the slow machine only,
     and shown 1.0x eager and 1.0x fp32 instead of 1.25x and 2x. A backend that fails on one shape
-    is reported for that shape; the others go on."""
+    is reported for that shape; the others go on. Each timed batch follows a one-sequence lead-in
+    of the same model, which takes the spinning of the previous model's threads."""
     cost = {("torch", 0): 1.0, ("torch", 1): 10.0, ("ort", 0): 1.0, ("ort", 1): 10.0,
             ("ort-int8", 0): 0.5, ("ort-int8", 1): 5.0, ("ort-fused", 0): 0.8, ("ort-fused", 1): 8.0}  # fmt: skip
     clock, calls = [0.0], []
@@ -463,6 +491,8 @@ def test_backends_are_interleaved_so_a_machine_that_slows_down_keeps_their_ratio
 
     timed = [c[:2] for c in calls if c[2] == 2]
     assert len(timed) == 4 * 8
+    # Each timed batch follows an untimed one-sequence batch of the same model (CPU backends).
+    assert all(calls[j - 1] == (*c[:2], 1) for j, c in enumerate(calls) if c[2] == 2)
     first = [(b, side) for b in settings.backends for side in (0, 1)]
     for i in range(4):  # each round: every model of every backend once, starting one model later
         assert timed[8 * i : 8 * i + 8] == first[i:] + first[:i]

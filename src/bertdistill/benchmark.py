@@ -417,18 +417,29 @@ def measure_cell(
     then slows every backend alike, and each ratio (student / teacher, INT8 / fp32, backend /
     eager) compares batches timed minutes apart at most by one round.
 
+    On the CPU each timed batch follows an untimed one-sequence batch of the same model: the
+    previous model's threads may still spin for a few milliseconds after it returns (PyTorch's
+    OpenMP pool does), and the lead-in takes that, so the timed batch runs as it would among
+    batches of its own model.
+
     Returns the cell of each backend that ran every batch, and the error of each that failed (on
     binding, warm-up or a timed batch; the others go on without it)."""
     inputs = _inputs(batch, seq, vocab_size)
+    lead_inputs = tuple(t[:1] for t in inputs)
     failed: dict[str, Exception] = {}
     bound: dict[str, tuple[Callable, Callable]] = {}
+    lead: dict[str, tuple[Callable, Callable]] = {}
     for backend, (bind_student, bind_teacher) in runners.items():
+        cpu = BACKEND_INFO[backend][1] == "cpu"
         try:
             pair = bind_student(*inputs), bind_teacher(*inputs)
+            if cpu:
+                lead[backend] = bind_student(*lead_inputs), bind_teacher(*lead_inputs)
             for _ in range(warmup):
-                for run in pair:
-                    run()
-            if BACKEND_INFO[backend][1] == "cuda":
+                for runs in (pair, lead.get(backend, ())):
+                    for run in runs:
+                        run()
+            if not cpu:
                 torch.cuda.synchronize()
         except Exception as e:  # a backend that fails on a shape is reported, not hidden
             failed[backend] = e
@@ -443,6 +454,8 @@ def measure_cell(
             if backend in failed:
                 continue
             try:
+                if backend in lead:
+                    lead[backend][side]()
                 times[backend, side].append(timers[backend](bound[backend][side]))
             except Exception as e:
                 failed[backend] = e
