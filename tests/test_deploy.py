@@ -452,6 +452,32 @@ def test_onnx_sessions_stop_spinning_when_a_run_returns(tmp_path):
     assert idle_cpu_seconds(ort_session(path, threads=2)) < 0.005
 
 
+def test_each_backend_runs_in_a_process_of_its_own_and_returns_its_errors(tmp_path):
+    """A ProcessBackend builds the runners in a child process from the pickled pair, times real
+    batches there, and hands back the child's exceptions as they were: a Skip as a Skip, a model's
+    error with its message; the child exits cleanly on close."""
+    import pickle
+
+    pair = bench.shape_pair("tiny", TINY_SHAPES["tiny"], tmp_path)
+    pair.teacher.onnx.pop("int8")
+    pair_file = tmp_path / "pair.pickle"
+    pair_file.write_bytes(pickle.dumps(pair))
+
+    torch_side = bench.ProcessBackend(pair_file, "torch", 1, [(2, 8)], tmp_path)
+    int8 = bench.ProcessBackend(pair_file, "ort-int8", 1, [(2, 8)], tmp_path)
+    torch_side.ready()
+    torch_side.prepare(2, 8, 300, 1)
+    assert torch_side.proc.pid != os.getpid()
+    assert all(0 < torch_side.time(side) < 10 for side in (0, 1, 0))
+    with pytest.raises(IndexError, match="index out of range"):  # past the position embeddings
+        torch_side.prepare(2, 4096, 300, 1)
+    with pytest.raises(bench.Skip, match="no model.int8.onnx was exported"):
+        int8.ready()
+    for b in (torch_side, int8):
+        b.close()
+        assert b.proc.returncode == 0
+
+
 def test_backends_are_interleaved_so_a_machine_that_slows_down_keeps_their_ratios(tmp_path, monkeypatch):
     """Four backends whose batches cost known times on a clock that runs twice as slow for the
     second half of the timed batches (another job starting): every round times each model of each
@@ -487,7 +513,7 @@ def test_backends_are_interleaved_so_a_machine_that_slows_down_keeps_their_ratio
     pair = bench.Pair("p", "shape", bench.Model("student", model, {}), bench.Model("teacher", model, {}))
     settings = BenchmarkSettings(backends=["torch", "ort", "ort-fused", "ort-int8"], batch_sizes=[2, 3],
                                  seq_lengths=[8], warmup=0, iterations=4)  # fmt: skip
-    summary = bench.run_benchmark([pair], settings, tmp_path, log=lambda msg: None)
+    summary = bench.run_benchmark([pair], settings, tmp_path, log=lambda msg: None, isolate=False)  # fakes: in process
 
     timed = [c[:2] for c in calls if c[2] == 2]
     assert len(timed) == 4 * 8

@@ -22,8 +22,11 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -127,13 +130,9 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
     m = model.torch_model.eval()
     if backend == "torch" or backend.endswith("-cpu"):  # eager fp32, compiled and/or bf16 on the CPU
         bf16 = "bf16" in backend
-        if bf16 and not native_cpu_bf16():
-            raise Skip(BF16_SKIP)
         m = m.float().cpu()
         fn = m
         if "compile" in backend:
-            if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
-                raise Skip("torch.compile on the CPU needs a C++ compiler (g++ or clang++; none on PATH, CXX unset)")
             _raise_recompile_limit()
             fn = torch.compile(m, dynamic=False)  # Inductor's C++ kernels; compiled in the warm-up
 
@@ -146,11 +145,8 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
             return run
 
         return bind
-    _cuda()
     m = m.cuda()
     dtype = torch.bfloat16 if backend == "torch-bf16" else torch.float16
-    if backend == "torch-bf16" and not torch.cuda.is_bf16_supported():
-        raise Skip("this GPU does not support bf16")
     fn = m
     if backend == "torch-compile":
         # CUDA graphs ("reduce-overhead"); one graph per shape, captured during warm-up.
@@ -173,24 +169,14 @@ def _torch_runner(model: Model, backend: str, threads: int | None) -> Callable:
 def _ort_runner(model: Model, backend: str, threads: int | None, workdir: Path) -> Callable:
     from .export import ort_session
 
-    available = _ort_providers()
     if backend in ("ort", "ort-fused", "ort-int8"):
-        key = {"ort": "fp32", "ort-fused": "fused", "ort-int8": "int8"}[backend]
-        if key not in model.onnx:
-            raise Skip(f"no {FILES[key]} was exported (export settings)")
-        session = ort_session(model.onnx[key], threads)
+        session = ort_session(model.onnx[ORT_FILES[backend]], threads)
     elif backend in ("ort-cuda", "ort-cuda-fp16"):
-        if "CUDAExecutionProvider" not in available:
-            raise Skip(
-                f"onnxruntime has no CUDAExecutionProvider (available: {', '.join(available)}; onnxruntime-gpu has it)"
-            )
         path = model.onnx.get("fused", model.onnx["fp32"])
         if backend == "ort-cuda-fp16":
             path = _fp16_copy(path, model.config, workdir / f"{model.name}.fp16.onnx")
         session = ort_session(path, threads, ["CUDAExecutionProvider"])
     else:  # ort-tensorrt
-        if "TensorrtExecutionProvider" not in available:
-            raise Skip(f"onnxruntime has no TensorrtExecutionProvider (available: {', '.join(available)})")
         cache = workdir / f"{model.name}.trt-cache"
         cache.mkdir(parents=True, exist_ok=True)
         options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
@@ -220,11 +206,8 @@ def _fp16_copy(path: Path, config: BertConfig, dst: Path) -> Path:
 def _tensorrt_runner(model: Model, shapes: Sequence[tuple[int, int]]) -> Callable:
     """A TensorRT FP16 engine built from ``model.onnx`` by TensorRT's ONNX parser, with one
     optimisation profile spanning the benchmarked shapes (TensorRT 10 API)."""
-    _cuda()
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise Skip(f"tensorrt is not importable ({e}); pip install tensorrt") from None
+    import tensorrt as trt
+
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -273,10 +256,43 @@ def _tensorrt_runner(model: Model, shapes: Sequence[tuple[int, int]]) -> Callabl
     return bind
 
 
+ORT_FILES = {"ort": "fp32", "ort-fused": "fused", "ort-int8": "int8"}  # CPU backend -> FILES key
+
+
+def check_backend(model: Model, backend: str) -> None:
+    """Raise :class:`Skip` with the reason where ``model`` cannot run on ``backend`` here: the checks
+    that need no runner, so a backend that cannot run starts no process."""
+    if backend in ("torch-fp16", "torch-bf16", "torch-compile", "tensorrt-fp16"):
+        _cuda()
+    if backend == "torch-bf16" and not torch.cuda.is_bf16_supported():
+        raise Skip("this GPU does not support bf16")
+    if backend in ("torch-bf16-cpu", "torch-compile-bf16-cpu") and not native_cpu_bf16():
+        raise Skip(BF16_SKIP)
+    if backend in ("torch-compile-cpu", "torch-compile-bf16-cpu") and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c
+    ):
+        raise Skip("torch.compile on the CPU needs a C++ compiler (g++ or clang++; none on PATH, CXX unset)")
+    if backend in ORT_FILES and ORT_FILES[backend] not in model.onnx:
+        raise Skip(f"no {FILES[ORT_FILES[backend]]} was exported (export settings)")
+    available = _ort_providers() if backend in ("ort-cuda", "ort-cuda-fp16", "ort-tensorrt") else []
+    if backend in ("ort-cuda", "ort-cuda-fp16") and "CUDAExecutionProvider" not in available:
+        raise Skip(
+            f"onnxruntime has no CUDAExecutionProvider (available: {', '.join(available)}; onnxruntime-gpu has it)"
+        )
+    if backend == "ort-tensorrt" and "TensorrtExecutionProvider" not in available:
+        raise Skip(f"onnxruntime has no TensorrtExecutionProvider (available: {', '.join(available)})")
+    if backend == "tensorrt-fp16":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError as e:
+            raise Skip(f"tensorrt is not importable ({e}); pip install tensorrt") from None
+
+
 def make_runner(
     model: Model, backend: str, threads: int | None, shapes: Sequence[tuple[int, int]], workdir: Path
 ) -> Callable:
     """The runner of ``model`` on ``backend``; raises :class:`Skip` with the reason where it cannot run."""
+    check_backend(model, backend)
     if backend.startswith("torch"):
         return _torch_runner(model, backend, threads)
     if backend.startswith("ort"):
@@ -402,8 +418,141 @@ def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
     }
 
 
+class LocalBackend:
+    """One backend's student and teacher, run in this process."""
+
+    def __init__(self, backend: str, student: Callable, teacher: Callable) -> None:
+        self.backend, self.binds = backend, (student, teacher)
+        self.cpu = BACKEND_INFO[backend][1] == "cpu"
+        self.timer = _timer(BACKEND_INFO[backend][1])
+
+    def prepare(self, batch: int, seq: int, vocab_size: int, warmup: int) -> None:
+        """Bind both models to one batch of inputs (and, on the CPU, a one-sequence lead-in) and
+        run ``warmup`` untimed batches of each."""
+        inputs = _inputs(batch, seq, vocab_size)
+        self.runs = tuple(bind(*inputs) for bind in self.binds)
+        self.lead = tuple(bind(*(t[:1] for t in inputs)) for bind in self.binds) if self.cpu else ()
+        for _ in range(warmup):
+            for run in (*self.runs, *self.lead):
+                run()
+        if not self.cpu:
+            torch.cuda.synchronize()
+
+    def time(self, side: int) -> float:
+        """Seconds of one batch of the student (0) or teacher (1), after the untimed lead-in on the CPU."""
+        if self.lead:
+            self.lead[side]()
+        return self.timer(self.runs[side])
+
+    def close(self) -> None:
+        self.runs = self.lead = ()
+
+
+# glibc's allocator keeps freed memory instead of handing big buffers back to the kernel (which
+# faults them in again on the next batch): the steady state of a long-running server.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
+
+class ProcessBackend:
+    """One backend's student and teacher in a Python process of their own, driven through pipes.
+
+    In one process, backends disturb each other beyond their thread pools (measured on 2 EPYC
+    cores): after ONNX Runtime's first run PyTorch eager faults in 0.2-0.5 GB of fresh pages per
+    batch of 4L-312D at 128 x 128 and runs up to 1.7x slower, even with ORT idle, as glibc's
+    allocator hands its big buffers back to the kernel. A process per backend runs each as it is
+    deployed, alone with its own allocator and threads."""
+
+    def __init__(self, pair_file: Path, backend: str, threads: int | None, shapes, workdir: Path) -> None:
+        """Start the process; ``pair_file`` holds the pickled :class:`Pair` (written once for all
+        backends, so that no start waits on another's transfer)."""
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[1])  # where this package is found, for the child
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        env.update(KEEP_FREED_MEMORY)
+        code = "from bertdistill.benchmark import _worker_main; _worker_main()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env)  # fmt: skip
+        self._send(("start", pair_file, backend, threads, list(shapes), workdir))
+
+    def _send(self, message) -> None:
+        pickle.dump(message, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.flush()
+
+    def _reply(self):
+        try:
+            status, value = pickle.load(self.proc.stdout)
+        except EOFError:
+            raise RuntimeError(f"benchmark worker exited with status {self.proc.wait()}") from None
+        if status == "error":
+            raise value
+        return value
+
+    def ready(self) -> None:
+        """Wait for the runners to be built; raises :class:`Skip` or the worker's error."""
+        self._reply()
+
+    def prepare(self, batch: int, seq: int, vocab_size: int, warmup: int) -> None:
+        self._send(("prepare", batch, seq, vocab_size, warmup))
+        self._reply()
+
+    def time(self, side: int) -> float:
+        self._send(("time", side))
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._send(("close",))
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _worker_main() -> None:
+    """The loop of a :class:`ProcessBackend`'s process: pickled commands on stdin, pickled
+    ``(status, value)`` replies on stdout (anything the libraries print goes to stderr)."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+
+    def reply(status: str, value: Any = None) -> None:
+        try:
+            pickle.dump((status, value), out, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an exception that does not pickle
+            pickle.dump((status, RuntimeError(repr(value))), out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    _, pair_file, backend, threads, shapes, workdir = pickle.load(inp)
+    with cpu_threads(threads):
+        try:
+            pair = pickle.loads(Path(pair_file).read_bytes())
+            student, teacher = pair.student, pair.teacher
+            local = LocalBackend(
+                backend,
+                *(make_runner(m, backend, threads, [tuple(x) for x in shapes], workdir) for m in (student, teacher)),
+            )
+            reply("ok")
+        except Exception as e:
+            reply("error", e)
+            return
+        while True:
+            try:
+                command, *args = pickle.load(inp)
+            except EOFError:
+                return
+            if command == "close":
+                return
+            try:
+                reply("ok", local.prepare(*args) if command == "prepare" else local.time(*args))
+            except Exception as e:
+                reply("error", e)
+
+
 def measure_cell(
-    runners: Mapping[str, tuple[Callable, Callable]],
+    backends: Mapping[str, LocalBackend | ProcessBackend],
     batch: int,
     seq: int,
     vocab_size: int,
@@ -424,29 +573,13 @@ def measure_cell(
 
     Returns the cell of each backend that ran every batch, and the error of each that failed (on
     binding, warm-up or a timed batch; the others go on without it)."""
-    inputs = _inputs(batch, seq, vocab_size)
-    lead_inputs = tuple(t[:1] for t in inputs)
     failed: dict[str, Exception] = {}
-    bound: dict[str, tuple[Callable, Callable]] = {}
-    lead: dict[str, tuple[Callable, Callable]] = {}
-    for backend, (bind_student, bind_teacher) in runners.items():
-        cpu = BACKEND_INFO[backend][1] == "cpu"
+    for backend, b in backends.items():
         try:
-            pair = bind_student(*inputs), bind_teacher(*inputs)
-            if cpu:
-                lead[backend] = bind_student(*lead_inputs), bind_teacher(*lead_inputs)
-            for _ in range(warmup):
-                for runs in (pair, lead.get(backend, ())):
-                    for run in runs:
-                        run()
-            if not cpu:
-                torch.cuda.synchronize()
+            b.prepare(batch, seq, vocab_size, warmup)
         except Exception as e:  # a backend that fails on a shape is reported, not hidden
             failed[backend] = e
-            continue
-        bound[backend] = pair
-    order = [(backend, side) for backend in bound for side in (0, 1)]
-    timers = {backend: _timer(BACKEND_INFO[backend][1]) for backend in bound}
+    order = [(backend, side) for backend in backends if backend not in failed for side in (0, 1)]
     times: dict[tuple[str, int], list[float]] = {k: [] for k in order}
     for i in range(iters):
         shift = i % len(order) if order else 0
@@ -454,13 +587,11 @@ def measure_cell(
             if backend in failed:
                 continue
             try:
-                if backend in lead:
-                    lead[backend][side]()
-                times[backend, side].append(timers[backend](bound[backend][side]))
+                times[backend, side].append(backends[backend].time(side))
             except Exception as e:
                 failed[backend] = e
     cells = {}
-    for backend in bound:
+    for backend in dict.fromkeys(b for b, _ in order):
         if backend in failed:
             continue
         student, teacher = latency_stats(times[backend, 0], batch), latency_stats(times[backend, 1], batch)
@@ -526,8 +657,13 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_benchmark(pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: Path, log=print) -> dict[str, Any]:
-    """Every backend x batch x seq for every pair; the summary (see :func:`write_summary`)."""
+def run_benchmark(
+    pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: Path, log=print, isolate: bool = True
+) -> dict[str, Any]:
+    """Every backend x batch x seq for every pair; the summary (see :func:`write_summary`).
+
+    ``isolate`` (the default) runs each backend in a process of its own (:class:`ProcessBackend`);
+    without it all run in this one."""
     shapes = [(b, s) for s in settings.seq_lengths for b in settings.batch_sizes]
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -535,40 +671,63 @@ def run_benchmark(pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: P
     with cpu_threads(settings.threads) as threads:
         for pair in pairs:
             # Every backend of the pair is held at once, so that each cell can interleave them.
-            runners: dict[str, tuple[Callable, Callable]] = {}
+            backends: dict[str, LocalBackend | ProcessBackend] = {}
+            if isolate:  # the workers start side by side
+                pair_file = workdir / f"{pair.name}.pair.pickle"
+                pair_file.write_bytes(pickle.dumps(pair, protocol=pickle.HIGHEST_PROTOCOL))
+                for backend in settings.backends:
+                    with contextlib.suppress(Exception):  # reported below, where it is raised again
+                        for side in (pair.student, pair.teacher):
+                            check_backend(side, backend)
+                        backends[backend] = ProcessBackend(pair_file, backend, settings.threads, shapes, workdir)
             for backend in settings.backends:
                 try:
-                    student, teacher = (
-                        make_runner(m, backend, settings.threads, shapes, workdir) for m in (pair.student, pair.teacher)
-                    )
+                    if isolate:
+                        if backend not in backends:
+                            for side in (pair.student, pair.teacher):
+                                check_backend(side, backend)
+                        backends[backend].ready()
+                    else:
+                        student, teacher = (
+                            make_runner(m, backend, settings.threads, shapes, workdir)
+                            for m in (pair.student, pair.teacher)
+                        )
+                        backends[backend] = LocalBackend(backend, student, teacher)
                 except Skip as e:
+                    if backend in backends:
+                        backends.pop(backend).close()
                     skipped.append({"pair": pair.name, "backend": backend, "reason": str(e)})
                     log(f"{pair.name} {backend}: skipped ({e})")
-                    continue
                 except Exception as e:  # e.g. a provider whose libraries are missing: reported, not hidden
+                    if backend in backends:
+                        backends.pop(backend).close()
                     errors.append({"pair": pair.name, "backend": backend, "batch": None, "seq": None, "error": repr(e)})
                     log(f"{pair.name} {backend}: error {e!r}")
-                    continue
-                runners[backend] = (student, teacher)
             vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
-            for batch, seq in shapes:
-                t0 = time.time()
-                cells, failed = measure_cell(runners, batch, seq, vocab, settings.warmup, settings.iterations)
-                for backend, e in failed.items():
-                    errors.append({"pair": pair.name, "backend": backend, "batch": batch, "seq": seq, "error": repr(e)})
-                    log(f"{pair.name} {backend} b{batch} s{seq}: error {e!r}")
-                for backend, cell in cells.items():
-                    precision, device = BACKEND_INFO[backend]
-                    results.append(
-                        {"pair": pair.name, "backend": backend, "precision": precision, "device": device,
-                         "batch": batch, "seq": seq, **cell}
-                    )  # fmt: skip
-                    log(
-                        f"{pair.name} {backend:>13} b{batch:<4} s{seq:<4} student {cell['student']['seq_per_s']:>10.1f}"
-                        f" teacher {cell['teacher']['seq_per_s']:>9.1f} seq/s  x{cell['speedup']:.2f}"
-                    )
-                log(f"{pair.name} b{batch} s{seq}: {len(cells)} backends interleaved in {time.time() - t0:.1f} s")
-            del runners
+            try:
+                for batch, seq in shapes:
+                    t0 = time.time()
+                    cells, failed = measure_cell(backends, batch, seq, vocab, settings.warmup, settings.iterations)
+                    for backend, e in failed.items():
+                        errors.append(
+                            {"pair": pair.name, "backend": backend, "batch": batch, "seq": seq, "error": repr(e)}
+                        )
+                        log(f"{pair.name} {backend} b{batch} s{seq}: error {e!r}")
+                    for backend, cell in cells.items():
+                        precision, device = BACKEND_INFO[backend]
+                        results.append(
+                            {"pair": pair.name, "backend": backend, "precision": precision, "device": device,
+                             "batch": batch, "seq": seq, **cell}
+                        )  # fmt: skip
+                        s_rate, t_rate = cell["student"]["seq_per_s"], cell["teacher"]["seq_per_s"]
+                        log(
+                            f"{pair.name} {backend:>13} b{batch:<4} s{seq:<4} student {s_rate:>10.1f}"
+                            f" teacher {t_rate:>9.1f} seq/s  x{cell['speedup']:.2f}"
+                        )
+                    log(f"{pair.name} b{batch} s{seq}: {len(cells)} backends interleaved in {time.time() - t0:.1f} s")
+            finally:
+                for b in backends.values():
+                    b.close()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return {
