@@ -5,8 +5,9 @@ ratio from one run.
 A *pair* is a student and a teacher: a task's exported models (``results/{task}_onnx``) or
 random-weight models of given shapes (the reference's 4L-312D student against BERT-base). For
 each batch size and sequence length, both models of every backend warm up, then every one of
-them times one batch per round (:func:`measure_cell`). Inputs are random token ids with every
-position real (no padding), token type 0.
+them times one batch per round (:func:`measure_cell`). Each backend runs in a process of its own
+(:class:`ProcessBackend`), so no backend's threads or allocator state slow another. Inputs are
+random token ids with every position real (no padding), token type 0.
 
 Backends (:data:`BACKENDS`): PyTorch eager fp32; on the CPU ``torch.compile`` (Inductor) fp32 and,
 where the CPU computes bf16 natively (AMX or AVX512-BF16), bf16 autocast eager and compiled; on a
