@@ -673,20 +673,23 @@ def run_benchmark(
         for pair in pairs:
             # Every backend of the pair is held at once, so that each cell can interleave them.
             backends: dict[str, LocalBackend | ProcessBackend] = {}
+            refused: dict[str, Exception] = {}  # by check_backend, before any process starts
             if isolate:  # the workers start side by side
                 pair_file = workdir / f"{pair.name}.pair.pickle"
                 pair_file.write_bytes(pickle.dumps(pair, protocol=pickle.HIGHEST_PROTOCOL))
                 for backend in settings.backends:
-                    with contextlib.suppress(Exception):  # reported below, where it is raised again
+                    try:
                         for side in (pair.student, pair.teacher):
                             check_backend(side, backend)
-                        backends[backend] = ProcessBackend(pair_file, backend, settings.threads, shapes, workdir)
+                    except Exception as e:  # reported below with the others
+                        refused[backend] = e
+                        continue
+                    backends[backend] = ProcessBackend(pair_file, backend, settings.threads, shapes, workdir)
             for backend in settings.backends:
                 try:
+                    if backend in refused:
+                        raise refused[backend]
                     if isolate:
-                        if backend not in backends:
-                            for side in (pair.student, pair.teacher):
-                                check_backend(side, backend)
                         backends[backend].ready()
                     else:
                         student, teacher = (
