@@ -258,7 +258,8 @@ TINY_SHAPES = {
 def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkeypatch):
     """A tiny task export and a tiny shape pair, 2 timed iterations: every CPU backend x batch x seq
     has a row whose ratios follow from its own numbers; GPU backends are skipped with the reason
-    here; a backend without its file is skipped, not faked."""
+    here; a backend without its file is skipped, not faked; each backend that runs has one process
+    for both pairs."""
     student, teacher, dev, dev_h5 = _task_folders(tmp_path, "sst2")
     export_dir = tmp_path / "sst2_onnx"
     deploy.export("sst2", student, teacher, dev_h5, dev, export_dir, 16, 20, 30, {"int8": False})
@@ -268,6 +269,13 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     settings = {"backends": backends, "batch_sizes": [1, 3], "seq_lengths": [16], "warmup": 1, "iterations": 2,
                 "threads": 1}  # fmt: skip
     out = tmp_path / "benchmark"
+    started, start = [], bench.ProcessBackend.__init__
+
+    def counted_start(self, backend, *args):
+        started.append(backend)
+        start(self, backend, *args)
+
+    monkeypatch.setattr(bench.ProcessBackend, "__init__", counted_start)
     summary = deploy.benchmark(out, settings, [export_dir], TINY_SHAPES)
     assert {p.name for p in out.iterdir()} == {"summary.json", "summary.md", "throughput.svg"}
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
@@ -282,6 +290,8 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     assert summary["pairs"]["tiny"]["teacher"]["layers"] == 2 and summary["pairs"]["sst2"]["kind"] == "task"
 
     cpu = ["torch", "ort", "ort-fused", "ort-int8"] + (["torch-bf16-cpu"] if bench.native_cpu_bf16() else [])
+    # One process per backend that can run, for both pairs (ort-int8's is started for the second).
+    assert sorted(started) == sorted(cpu)
     rows = {(r["pair"], r["backend"], r["batch"], r["seq"]): r for r in summary["results"]}
     for b in (1, 3):
         for backend in cpu:
@@ -452,27 +462,50 @@ def test_onnx_sessions_stop_spinning_when_a_run_returns(tmp_path):
     assert idle_cpu_seconds(ort_session(path, threads=2)) < 0.005
 
 
-def test_each_backend_runs_in_a_process_of_its_own_and_returns_its_errors(tmp_path):
-    """A ProcessBackend builds the runners in a child process from the pickled pair, times real
+def test_each_backend_runs_in_a_process_of_its_own_for_every_pair_and_returns_its_errors(tmp_path):
+    """A ProcessBackend builds a pair's runners in a child process from the pickled pair, times real
     batches there, and hands back the child's exceptions as they were: a Skip as a Skip, a model's
-    error with its message; the child exits cleanly on close."""
+    error with its message. The same process then takes the next pair (other shapes: 16 positions,
+    so the sequences of 32 it ran for the first pair now fail), times it, and exits cleanly on close."""
     import pickle
 
-    pair = bench.shape_pair("tiny", TINY_SHAPES["tiny"], tmp_path)
-    pair.teacher.onnx.pop("int8")
-    pair_file = tmp_path / "pair.pickle"
-    pair_file.write_bytes(pickle.dumps(pair))
+    files = {}
+    short = {"hidden_size": 64, "intermediate_size": 96, "max_position_embeddings": 16}
+    for name in ("tiny", "wider"):
+        spec = TINY_SHAPES["tiny"]
+        if name == "wider":
+            spec = {side: {**spec[side], **short} for side in ("student", "teacher")}
+        pair = bench.shape_pair(name, spec, tmp_path)
+        if name == "tiny":
+            pair.teacher.onnx.pop("int8")
+        files[name] = tmp_path / f"{name}.pickle"
+        files[name].write_bytes(pickle.dumps(pair))
+        # The ONNX backends get the pair without its PyTorch models.
+        files[name, "onnx"] = tmp_path / f"{name}.onnx.pickle"
+        files[name, "onnx"].write_bytes(pickle.dumps(pair.without_weights()))
+        assert pair.without_weights().student.torch_model is None
 
-    torch_side = bench.ProcessBackend(pair_file, "torch", 1, [(2, 8)], tmp_path)
-    int8 = bench.ProcessBackend(pair_file, "ort-int8", 1, [(2, 8)], tmp_path)
-    torch_side.ready()
+    torch_side = bench.ProcessBackend("torch", 1, tmp_path)
+    int8 = bench.ProcessBackend("ort-int8", 1, tmp_path)
+    torch_side.bind(files["tiny"], [(2, 8)])
     torch_side.prepare(2, 8, 300, 1)
     assert torch_side.proc.pid != os.getpid()
     assert all(0 < torch_side.time(side) < 10 for side in (0, 1, 0))
+    torch_side.prepare(2, 32, 300, 1)
     with pytest.raises(IndexError, match="index out of range"):  # past the position embeddings
         torch_side.prepare(2, 4096, 300, 1)
     with pytest.raises(bench.Skip, match="no model.int8.onnx was exported"):
-        int8.ready()
+        int8.bind(files["tiny", "onnx"], [(2, 8)])
+
+    pids = torch_side.proc.pid, int8.proc.pid
+    for b, file in ((torch_side, files["wider"]), (int8, files["wider", "onnx"])):
+        b.release()
+        b.bind(file, [(2, 8)])
+        b.prepare(2, 8, 300, 1)
+        assert all(0 < b.time(side) < 10 for side in (0, 1))
+    with pytest.raises(IndexError, match="index out of range"):
+        torch_side.prepare(2, 32, 300, 1)
+    assert (torch_side.proc.pid, int8.proc.pid) == pids and torch_side.alive and int8.alive
     for b in (torch_side, int8):
         b.close()
         assert b.proc.returncode == 0

@@ -72,12 +72,13 @@ class Model:
     """One side of a pair: a PyTorch model and its ONNX files (``FILES`` keys -> paths)."""
 
     name: str
-    torch_model: BertPreTrainedModel
+    torch_model: BertPreTrainedModel | None  # None in the copies sent to the backends that run ONNX
     onnx: dict[str, Path]
+    config: BertConfig = None  # the model's
 
-    @property
-    def config(self) -> BertConfig:
-        return self.torch_model.config
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = self.torch_model.config
 
 
 @dataclass
@@ -88,6 +89,12 @@ class Pair:
     kind: str  # "task" (trained models of this run) or "shape" (random weights)
     student: Model
     teacher: Model
+
+    def without_weights(self) -> Pair:
+        """The pair without its PyTorch models, for the backends that run its ONNX files: on these
+        VMs the page faults of unpickling BERT-base's weights cost 9-11 s of system time."""
+        student, teacher = (dataclasses.replace(m, torch_model=None) for m in (self.student, self.teacher))
+        return dataclasses.replace(self, student=student, teacher=teacher)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +452,7 @@ class LocalBackend:
             self.lead[side]()
         return self.timer(self.runs[side])
 
-    def close(self) -> None:
+    def release(self) -> None:
         self.runs = self.lead = ()
 
 
@@ -455,7 +462,9 @@ KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESH
 
 
 class ProcessBackend:
-    """One backend's student and teacher in a Python process of their own, driven through pipes.
+    """One backend in a Python process of its own, kept for every pair of a run and driven
+    through pipes: :meth:`bind` builds a pair's runners there, :meth:`prepare` and :meth:`time`
+    run them, :meth:`release` frees them for the next pair.
 
     In one process, backends disturb each other beyond their thread pools (measured on 2 EPYC
     cores): after ONNX Runtime's first run PyTorch eager faults in 0.2-0.5 GB of fresh pages per
@@ -463,17 +472,17 @@ class ProcessBackend:
     allocator hands its big buffers back to the kernel. A process per backend runs each as it is
     deployed, alone with its own allocator and threads."""
 
-    def __init__(self, pair_file: Path, backend: str, threads: int | None, shapes, workdir: Path) -> None:
-        """Start the process; ``pair_file`` holds the pickled :class:`Pair` (written once for all
-        backends, so that no start waits on another's transfer)."""
+    def __init__(self, backend: str, threads: int | None, workdir: Path) -> None:
+        """Start the process (it imports the libraries while the caller goes on)."""
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parents[1])  # where this package is found, for the child
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         env.update(KEEP_FREED_MEMORY)
         code = "from bertdistill.benchmark import _worker_main; _worker_main()"
+        self.backend = backend
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=env)  # fmt: skip
-        self._send(("start", pair_file, backend, threads, list(shapes), workdir))
+        self._send(("start", backend, threads, workdir))
 
     def _send(self, message) -> None:
         pickle.dump(message, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
@@ -488,20 +497,32 @@ class ProcessBackend:
             raise value
         return value
 
-    def ready(self) -> None:
-        """Wait for the runners to be built; raises :class:`Skip` or the worker's error."""
-        self._reply()
-
-    def prepare(self, batch: int, seq: int, vocab_size: int, warmup: int) -> None:
-        self._send(("prepare", batch, seq, vocab_size, warmup))
-        self._reply()
-
-    def time(self, side: int) -> float:
-        self._send(("time", side))
+    def _call(self, *message):
+        self._send(message)
         return self._reply()
 
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def bind(self, pair_file: Path, shapes: Sequence[tuple[int, int]]) -> None:
+        """Build the runners of the pair pickled in ``pair_file`` (written once for all backends);
+        raises :class:`Skip` or the worker's error, after which the process takes the next pair."""
+        self._call("pair", pair_file, list(shapes))
+
+    def prepare(self, batch: int, seq: int, vocab_size: int, warmup: int) -> None:
+        self._call("prepare", batch, seq, vocab_size, warmup)
+
+    def time(self, side: int) -> float:
+        return self._call("time", side)
+
+    def release(self) -> None:
+        """Free the pair's runners (and, on a GPU, their cached memory)."""
+        if self.alive:
+            self._call("release")
+
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self.alive:
             with contextlib.suppress(OSError):
                 self._send(("close",))
                 self.proc.stdin.close()
@@ -515,6 +536,8 @@ class ProcessBackend:
 def _worker_main() -> None:
     """The loop of a :class:`ProcessBackend`'s process: pickled commands on stdin, pickled
     ``(status, value)`` replies on stdout (anything the libraries print goes to stderr)."""
+    import gc
+
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     inp = sys.stdin.buffer
@@ -526,19 +549,9 @@ def _worker_main() -> None:
             pickle.dump((status, RuntimeError(repr(value))), out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
-    _, pair_file, backend, threads, shapes, workdir = pickle.load(inp)
+    _, backend, threads, workdir = pickle.load(inp)
+    local: LocalBackend | None = None
     with cpu_threads(threads):
-        try:
-            pair = pickle.loads(Path(pair_file).read_bytes())
-            student, teacher = pair.student, pair.teacher
-            local = LocalBackend(
-                backend,
-                *(make_runner(m, backend, threads, [tuple(x) for x in shapes], workdir) for m in (student, teacher)),
-            )
-            reply("ok")
-        except Exception as e:
-            reply("error", e)
-            return
         while True:
             try:
                 command, *args = pickle.load(inp)
@@ -547,7 +560,27 @@ def _worker_main() -> None:
             if command == "close":
                 return
             try:
-                reply("ok", local.prepare(*args) if command == "prepare" else local.time(*args))
+                if command in ("pair", "release"):
+                    local = None  # the last pair's models go before the next one's come
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                if command == "pair":
+                    pair_file, shapes = args
+                    pair = pickle.loads(Path(pair_file).read_bytes())
+                    shapes = [tuple(x) for x in shapes]
+                    local = LocalBackend(
+                        backend,
+                        *(make_runner(m, backend, threads, shapes, workdir) for m in (pair.student, pair.teacher)),
+                    )
+                    del pair
+                    reply("ok")
+                elif command == "prepare":
+                    reply("ok", local.prepare(*args))
+                elif command == "time":
+                    reply("ok", local.time(*args))
+                else:
+                    reply("ok")
             except Exception as e:
                 reply("error", e)
 
@@ -658,82 +691,108 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _measure_pair(
+    pair: Pair,
+    settings: BenchmarkSettings,
+    shapes: list[tuple[int, int]],
+    workdir: Path,
+    workers: dict[str, ProcessBackend] | None,
+    log: Callable[[str], Any],
+    results: list[dict[str, Any]],
+    skipped: list[dict[str, str]],
+    errors: list[dict[str, Any]],
+) -> None:
+    """Every cell of one pair, its backends interleaved; appends to ``results``, ``skipped`` and
+    ``errors``. ``workers`` holds the backends' processes (started here where missing or dead);
+    None runs every backend in this process."""
+    # Every backend of the pair is held at once, so that each cell can interleave them.
+    backends: dict[str, LocalBackend | ProcessBackend] = {}
+    refused: dict[str, Exception] = {}  # by check_backend, before any process starts
+    if workers is not None:
+        # Only the PyTorch backends need the weights; the others get the ONNX paths.
+        pair_files = {True: workdir / f"{pair.name}.pair.pickle", False: workdir / f"{pair.name}.onnx-pair.pickle"}
+        pair_files[True].write_bytes(pickle.dumps(pair, protocol=pickle.HIGHEST_PROTOCOL))
+        pair_files[False].write_bytes(pickle.dumps(pair.without_weights(), protocol=pickle.HIGHEST_PROTOCOL))
+        for backend in settings.backends:
+            try:
+                for side in (pair.student, pair.teacher):
+                    check_backend(side, backend)
+            except Exception as e:  # reported below with the others
+                refused[backend] = e
+                continue
+            if backend not in workers or not workers[backend].alive:  # the processes import side by side
+                workers[backend] = ProcessBackend(backend, settings.threads, workdir)
+    for backend in settings.backends:
+        try:
+            if backend in refused:
+                raise refused[backend]
+            if workers is not None:
+                # One backend binds at a time, while the workers started for this pair still import.
+                workers[backend].bind(pair_files[backend.startswith("torch")], shapes)
+                backends[backend] = workers[backend]
+            else:
+                student, teacher = (
+                    make_runner(m, backend, settings.threads, shapes, workdir) for m in (pair.student, pair.teacher)
+                )
+                backends[backend] = LocalBackend(backend, student, teacher)
+        except Skip as e:
+            skipped.append({"pair": pair.name, "backend": backend, "reason": str(e)})
+            log(f"{pair.name} {backend}: skipped ({e})")
+        except Exception as e:  # e.g. a provider whose libraries are missing: reported, not hidden
+            errors.append({"pair": pair.name, "backend": backend, "batch": None, "seq": None, "error": repr(e)})
+            log(f"{pair.name} {backend}: error {e!r}")
+    if workers is not None:
+        for f in pair_files.values():  # read by every worker by now; BERT-base's is 0.5 GB
+            f.unlink()
+    vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
+    try:
+        for batch, seq in shapes:
+            t0 = time.time()
+            cells, failed = measure_cell(backends, batch, seq, vocab, settings.warmup, settings.iterations)
+            for backend, e in failed.items():
+                errors.append({"pair": pair.name, "backend": backend, "batch": batch, "seq": seq, "error": repr(e)})
+                log(f"{pair.name} {backend} b{batch} s{seq}: error {e!r}")
+            for backend, cell in cells.items():
+                precision, device = BACKEND_INFO[backend]
+                results.append(
+                    {"pair": pair.name, "backend": backend, "precision": precision, "device": device,
+                     "batch": batch, "seq": seq, **cell}
+                )  # fmt: skip
+                s_rate, t_rate = cell["student"]["seq_per_s"], cell["teacher"]["seq_per_s"]
+                log(
+                    f"{pair.name} {backend:>13} b{batch:<4} s{seq:<4} student {s_rate:>10.1f}"
+                    f" teacher {t_rate:>9.1f} seq/s  x{cell['speedup']:.2f}"
+                )
+            log(f"{pair.name} b{batch} s{seq}: {len(cells)} backends interleaved in {time.time() - t0:.1f} s")
+    finally:
+        for b in backends.values():
+            with contextlib.suppress(Exception):  # a worker that died is started again for the next pair
+                b.release()
+        if workers is None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def run_benchmark(
     pairs: Sequence[Pair], settings: BenchmarkSettings, workdir: Path, log=print, isolate: bool = True
 ) -> dict[str, Any]:
     """Every backend x batch x seq for every pair; the summary (see :func:`write_summary`).
 
-    ``isolate`` (the default) runs each backend in a process of its own (:class:`ProcessBackend`);
-    without it all run in this one."""
+    ``isolate`` (the default) runs each backend in a process of its own (:class:`ProcessBackend`),
+    one for all pairs; without it all run in this one."""
     shapes = [(b, s) for s in settings.seq_lengths for b in settings.batch_sizes]
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
+    workers: dict[str, ProcessBackend] = {}  # one per backend, for every pair
     with cpu_threads(settings.threads) as threads:
-        for pair in pairs:
-            # Every backend of the pair is held at once, so that each cell can interleave them.
-            backends: dict[str, LocalBackend | ProcessBackend] = {}
-            refused: dict[str, Exception] = {}  # by check_backend, before any process starts
-            if isolate:  # the workers start side by side
-                pair_file = workdir / f"{pair.name}.pair.pickle"
-                pair_file.write_bytes(pickle.dumps(pair, protocol=pickle.HIGHEST_PROTOCOL))
-                for backend in settings.backends:
-                    try:
-                        for side in (pair.student, pair.teacher):
-                            check_backend(side, backend)
-                    except Exception as e:  # reported below with the others
-                        refused[backend] = e
-                        continue
-                    backends[backend] = ProcessBackend(pair_file, backend, settings.threads, shapes, workdir)
-            for backend in settings.backends:
-                try:
-                    if backend in refused:
-                        raise refused[backend]
-                    if isolate:
-                        backends[backend].ready()
-                    else:
-                        student, teacher = (
-                            make_runner(m, backend, settings.threads, shapes, workdir)
-                            for m in (pair.student, pair.teacher)
-                        )
-                        backends[backend] = LocalBackend(backend, student, teacher)
-                except Skip as e:
-                    if backend in backends:
-                        backends.pop(backend).close()
-                    skipped.append({"pair": pair.name, "backend": backend, "reason": str(e)})
-                    log(f"{pair.name} {backend}: skipped ({e})")
-                except Exception as e:  # e.g. a provider whose libraries are missing: reported, not hidden
-                    if backend in backends:
-                        backends.pop(backend).close()
-                    errors.append({"pair": pair.name, "backend": backend, "batch": None, "seq": None, "error": repr(e)})
-                    log(f"{pair.name} {backend}: error {e!r}")
-            vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
-            try:
-                for batch, seq in shapes:
-                    t0 = time.time()
-                    cells, failed = measure_cell(backends, batch, seq, vocab, settings.warmup, settings.iterations)
-                    for backend, e in failed.items():
-                        errors.append(
-                            {"pair": pair.name, "backend": backend, "batch": batch, "seq": seq, "error": repr(e)}
-                        )
-                        log(f"{pair.name} {backend} b{batch} s{seq}: error {e!r}")
-                    for backend, cell in cells.items():
-                        precision, device = BACKEND_INFO[backend]
-                        results.append(
-                            {"pair": pair.name, "backend": backend, "precision": precision, "device": device,
-                             "batch": batch, "seq": seq, **cell}
-                        )  # fmt: skip
-                        s_rate, t_rate = cell["student"]["seq_per_s"], cell["teacher"]["seq_per_s"]
-                        log(
-                            f"{pair.name} {backend:>13} b{batch:<4} s{seq:<4} student {s_rate:>10.1f}"
-                            f" teacher {t_rate:>9.1f} seq/s  x{cell['speedup']:.2f}"
-                        )
-                    log(f"{pair.name} b{batch} s{seq}: {len(cells)} backends interleaved in {time.time() - t0:.1f} s")
-            finally:
-                for b in backends.values():
-                    b.close()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        try:
+            for pair in pairs:
+                _measure_pair(
+                    pair, settings, shapes, workdir, workers if isolate else None, log, results, skipped, errors
+                )
+        finally:
+            for w in workers.values():
+                w.close()
     return {
         "machine": {**machine_info(), **threads},
         "settings": dataclasses.asdict(settings),
