@@ -91,8 +91,8 @@ class Pair:
     teacher: Model
 
     def without_weights(self) -> Pair:
-        """The pair without its PyTorch models, for the backends that run its ONNX files: on these
-        VMs the page faults of unpickling BERT-base's weights cost 9-11 s of system time."""
+        """The pair without its PyTorch models, for the backends that run its ONNX files (BERT-base's
+        weights would add 0.5 GB to each of their processes)."""
         student, teacher = (dataclasses.replace(m, torch_model=None) for m in (self.student, self.teacher))
         return dataclasses.replace(self, student=student, teacher=teacher)
 
@@ -462,9 +462,9 @@ KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESH
 
 
 class ProcessBackend:
-    """One backend in a Python process of its own, kept for every pair of a run and driven
-    through pipes: :meth:`bind` builds a pair's runners there, :meth:`prepare` and :meth:`time`
-    run them, :meth:`release` frees them for the next pair.
+    """One backend in a Python process of its own, driven through pipes: :meth:`bind` builds a
+    pair's runners there, :meth:`prepare` and :meth:`time` run them, :meth:`release` frees them
+    (the process can then bind another pair).
 
     In one process, backends disturb each other beyond their thread pools (measured on 2 EPYC
     cores): after ONNX Runtime's first run PyTorch eager faults in 0.2-0.5 GB of fresh pages per
@@ -703,7 +703,7 @@ def _measure_pair(
     errors: list[dict[str, Any]],
 ) -> None:
     """Every cell of one pair, its backends interleaved; appends to ``results``, ``skipped`` and
-    ``errors``. ``workers`` holds the backends' processes (started here where missing or dead);
+    ``errors``. ``workers`` receives the backends' processes, started here (the caller closes them);
     None runs every backend in this process."""
     # Every backend of the pair is held at once, so that each cell can interleave them.
     backends: dict[str, LocalBackend | ProcessBackend] = {}
@@ -766,7 +766,7 @@ def _measure_pair(
             log(f"{pair.name} b{batch} s{seq}: {len(cells)} backends interleaved in {time.time() - t0:.1f} s")
     finally:
         for b in backends.values():
-            with contextlib.suppress(Exception):  # a worker that died is started again for the next pair
+            with contextlib.suppress(Exception):  # a worker that died has nothing left to free
                 b.release()
         if workers is None and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -777,22 +777,24 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Every backend x batch x seq for every pair; the summary (see :func:`write_summary`).
 
-    ``isolate`` (the default) runs each backend in a process of its own (:class:`ProcessBackend`),
-    one for all pairs; without it all run in this one."""
+    ``isolate`` (the default) runs each backend of each pair in a process of its own
+    (:class:`ProcessBackend`); without it all run in this one."""
     shapes = [(b, s) for s in settings.seq_lengths for b in settings.batch_sizes]
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
-    workers: dict[str, ProcessBackend] = {}  # one per backend, for every pair
     with cpu_threads(settings.threads) as threads:
-        try:
-            for pair in pairs:
+        for pair in pairs:
+            # Fresh processes for each pair, so that no pair is measured in a process that held the
+            # last one's models.
+            workers: dict[str, ProcessBackend] = {}
+            try:
                 _measure_pair(
                     pair, settings, shapes, workdir, workers if isolate else None, log, results, skipped, errors
                 )
-        finally:
-            for w in workers.values():
-                w.close()
+            finally:
+                for w in workers.values():
+                    w.close()
     return {
         "machine": {**machine_info(), **threads},
         "settings": dataclasses.asdict(settings),
