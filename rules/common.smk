@@ -5,6 +5,7 @@ A rule's named input/output/params items are the keyword arguments of its stage 
 scripts/run_stage.py, which maps the rule onto its stage by name.
 """
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,6 +159,11 @@ def phase_shards(phase):
 
 def task_names():
     return sorted(config["tasks"])
+
+
+def shape_names():
+    """The random-weight pairs of benchmark.shapes."""
+    return sorted(config["benchmark"]["shapes"])
 
 
 def task_config(wildcards):

@@ -1,5 +1,6 @@
-"""Deployment: ONNX export per task (results/{task}_onnx), the inference benchmark
-(results/benchmark), the Hub-ready model folder with its model card (results/{task}_model).
+"""Deployment: ONNX export per task (results/{task}_onnx), the random-weight pairs of
+benchmark.shapes (results/benchmark_shapes/{shape}), the inference benchmark (results/benchmark),
+the Hub-ready model folder with its model card (results/{task}_model).
 """
 
 
@@ -29,9 +30,31 @@ rule export_onnx:
         "../scripts/run_stage.py"
 
 
+rule benchmark_shape:
+    output:
+        output=directory("results/benchmark_shapes/{shape}"),
+    log:
+        "logs/benchmark_shapes/{shape}.log",
+    benchmark:
+        "logs/timing/benchmark_shapes/{shape}.tsv"
+    wildcard_constraints:
+        shape="|".join(map(re.escape, shape_names())) or "none",
+    conda:
+        "../envs/deploy.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        spec=lambda wc: config["benchmark"]["shapes"][wc.shape],
+    script:
+        "../scripts/run_stage.py"
+
+
 rule inference_benchmark:
     input:
         exports=expand("results/{task}_onnx", task=task_names()),
+        shape_exports=expand("results/benchmark_shapes/{shape}", shape=shape_names()),
     output:
         output=directory("results/benchmark"),
     log:
@@ -48,7 +71,6 @@ rule inference_benchmark:
         runtime=config["benchmark"]["runtime"],
     params:
         settings=benchmark_settings(),
-        shapes=config["benchmark"]["shapes"],
     script:
         "../scripts/run_stage.py"
 

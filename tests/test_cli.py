@@ -52,6 +52,7 @@ STAGE_NAMES = (
     "finetune",
     "final",
     "export",
+    "benchmark-shape",
     "benchmark",
     "hub-model",
     "training-curves",

@@ -275,7 +275,9 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
         start(self, backend, *args)
 
     monkeypatch.setattr(bench.ProcessBackend, "__init__", counted_start)
-    summary = deploy.benchmark(out, settings, [export_dir], TINY_SHAPES)
+    shape_dir = tmp_path / "benchmark_shapes" / "tiny"  # as the workflow does: rule benchmark_shape
+    deploy.benchmark_shape("tiny", TINY_SHAPES["tiny"], shape_dir)
+    summary = deploy.benchmark(out, settings, [export_dir], shape_exports=[shape_dir])
     assert {p.name for p in out.iterdir()} == {"summary.json", "summary.md", "throughput.svg"}
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert (out / "throughput.svg").read_text().lstrip().startswith("<?xml")
@@ -327,6 +329,34 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
     )
     md = (out / "summary.md").read_text()
     assert "| ort-fused | fp32 | 3 | 16 |" in md and "Skipped backends" in md
+
+
+def test_shape_export_is_saved_once_and_loads_again_with_its_weights(tmp_path):
+    """Rule benchmark_shape writes the random-weight pair once, so a benchmark setting does not
+    export it again: each side's config, weights and ONNX files, and shape.json. Loaded again, each
+    side answers like a model built from the same seed, and its ONNX graph like it. A folder that
+    is not a shape export is refused, naming the file."""
+    out = tmp_path / "benchmark_shapes" / "tiny"
+    record = deploy.benchmark_shape("tiny", TINY_SHAPES["tiny"], out)
+    assert record["name"] == "tiny" and record["spec"] == TINY_SHAPES["tiny"] and record["seed"] == 0
+    assert [p.name for p in out.parent.iterdir()] == ["tiny"]  # no scratch folder left beside it
+    pair = bench.load_shape_pair(out)
+    assert (pair.name, pair.kind) == ("tiny", "shape")
+    ids, mask, types = bench._inputs(2, 16, 2000)
+    for side in ("student", "teacher"):
+        m = getattr(pair, side)
+        assert m.name == f"tiny/{side}" and m.onnx == {k: out / side / FILES[k] for k in FILES}
+        torch.manual_seed(0)
+        fresh = build_model(BertConfig(**TINY_SHAPES["tiny"][side]), "classification").eval()
+        with torch.no_grad():
+            expected = fresh(ids, mask, types).logits
+            torch.testing.assert_close(m.torch_model(ids, mask, types).logits, expected)
+        session = ort_session(m.onnx["fp32"])
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feeds = {i.name: feeds[i.name].numpy() for i in session.get_inputs()}
+        np.testing.assert_allclose(session.run(None, feeds)[0], expected.numpy(), atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="shape.json: missing"):
+        bench.load_shape_pair(tmp_path)
 
 
 def test_gpu_check_script_writes_every_file_and_runs_the_cuda_tests(tmp_path):

@@ -60,7 +60,8 @@ def test_every_rule_names_an_environment_of_its_family():
     assert all(path.is_file() for path in envs.values()), {r: p for r, p in envs.items() if not p.is_file()}
     used = set(envs.values())
     assert used == set((REPO / "envs").glob("*.yaml")), "an environment file no rule uses"
-    assert envs["export_onnx"] == envs["inference_benchmark"] and envs["corpus"] == envs["pretraining_shard"]
+    assert envs["export_onnx"] == envs["inference_benchmark"] == envs["benchmark_shape"]
+    assert envs["corpus"] == envs["pretraining_shard"]
     assert len(used) >= 4  # per family, not one environment for everything
 
 

@@ -105,7 +105,7 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path, monkeypatch):
     assert jobs["task_features"] == 2 and jobs["teacher_logits"] == 2 and jobs["task_backbone"] == 2
     assert jobs["task_prediction"] == 2 and jobs["task_final"] == 2 and jobs["general_phase2"] == 1
     assert jobs["augment_shard"] == 4 and jobs["augment_gather"] == 2 and jobs["word_vectors"] == 1
-    assert jobs["export_onnx"] == 2 and jobs["inference_benchmark"] == 1
+    assert jobs["export_onnx"] == 2 and jobs["inference_benchmark"] == 1 and jobs["benchmark_shape"] == 1
     assert jobs["test_features"] == 2 and jobs["split_dev"] == 1 and jobs["task_baseline"] == 2
     # Curves of both general phases and of each task's backbone, prediction and baseline stages.
     assert jobs["report_training_curves"] == 8 and jobs["report_metrics"] == 1 and jobs["report_speed"] == 1
@@ -223,7 +223,7 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path, monkeypatch):
 
     again = smk(wd, "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
-    # A benchmark setting reruns the benchmark and what shows it only.
+    # A benchmark setting reruns the benchmark and what shows it only, not the shapes' exports.
     config["benchmark"]["iterations"] = 3
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
     rerun = {"inference_benchmark": 1, "report_speed": 1, "all": 1}
@@ -232,6 +232,10 @@ def test_squad_and_sst2_end_to_end(tiny_workdir, tmp_path, monkeypatch):
     config["tasks"]["sst2"]["eval_batch_size"] = 7
     (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
     assert planned_jobs(smk(wd, "-n", "--cores", "2")) == rerun
+    # A shape's spec exports that pair again, then the benchmark.
+    config["benchmark"]["shapes"]["toy"]["teacher"]["num_hidden_layers"] = 3
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(config))
+    assert planned_jobs(smk(wd, "-n", "--cores", "2")) == {**rerun, "benchmark_shape": 1}
 
 
 @pytest.mark.slow

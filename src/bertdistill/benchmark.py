@@ -872,17 +872,46 @@ def headline(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 # Pairs
 
 
-def shape_pair(name: str, spec: Mapping[str, Any], workdir: Path, head: str = "classification", seed: int = 0) -> Pair:
+SHAPE_RECORD = "shape.json"
+
+
+def export_shape(name: str, spec: Mapping[str, Any], folder: Path, head: str = "classification", seed: int = 0) -> Pair:
     """Random-weight student and teacher of the given shapes (``spec``: ``student`` and ``teacher``
-    config fields), exported to ONNX under ``workdir`` like a trained model."""
+    config fields), each saved under ``folder/{student,teacher}`` (config.json, model.safetensors)
+    and exported to ONNX there like a trained model; ``shape.json`` records how."""
+    from .checkpoints import save_model
+
     models = {}
     for side in ("student", "teacher"):
         fields = {k: v for k, v in spec[side].items() if k in BertConfig.__dataclass_fields__}
         torch.manual_seed(seed)
         model = build_model(BertConfig(**fields), head).eval()
-        folder = workdir / name / side
-        models[side] = Model(f"{name}/{side}", model, export_files(model, folder))
+        save_model(model, folder / side)
+        models[side] = Model(f"{name}/{side}", model, export_files(model, folder / side))
+    record = {"name": name, "head": head, "seed": seed, "spec": {k: dict(v) for k, v in spec.items()}}
+    (folder / SHAPE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return Pair(name, "shape", models["student"], models["teacher"])
+
+
+def shape_pair(name: str, spec: Mapping[str, Any], workdir: Path, head: str = "classification", seed: int = 0) -> Pair:
+    """:func:`export_shape` into ``workdir/name``."""
+    return export_shape(name, spec, workdir / name, head, seed)
+
+
+def load_shape_pair(folder: Path) -> Pair:
+    """A pair written by :func:`export_shape` (rule ``benchmark_shape``), loaded again."""
+    from .checkpoints import load_model
+
+    record_file = folder / SHAPE_RECORD
+    if not record_file.is_file():
+        raise FileNotFoundError(f"{record_file}: missing; the folder is not a shape export (rule benchmark_shape)")
+    record = json.loads(record_file.read_text())
+    models = {}
+    for side in ("student", "teacher"):
+        model = load_model(folder / side, head=record["head"])
+        files = {k: folder / side / FILES[k] for k in FILES if (folder / side / FILES[k]).is_file()}
+        models[side] = Model(f"{record['name']}/{side}", model, files)
+    return Pair(record["name"], "shape", models["student"], models["teacher"])
 
 
 def task_pair(onnx_dir: Path) -> Pair:
