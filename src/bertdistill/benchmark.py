@@ -696,23 +696,20 @@ def _measure_pair(
     settings: BenchmarkSettings,
     shapes: list[tuple[int, int]],
     workdir: Path,
-    workers: dict[str, ProcessBackend] | None,
+    isolate: bool,
     log: Callable[[str], Any],
     results: list[dict[str, Any]],
     skipped: list[dict[str, str]],
     errors: list[dict[str, Any]],
 ) -> None:
     """Every cell of one pair, its backends interleaved; appends to ``results``, ``skipped`` and
-    ``errors``. ``workers`` receives the backends' processes, started here (the caller closes them);
-    None runs every backend in this process."""
+    ``errors``. ``isolate`` runs each backend in a fresh process of its own (closed at the end),
+    so that no pair is measured in a process that held another's models."""
     # Every backend of the pair is held at once, so that each cell can interleave them.
     backends: dict[str, LocalBackend | ProcessBackend] = {}
     refused: dict[str, Exception] = {}  # by check_backend, before any process starts
-    if workers is not None:
-        # Only the PyTorch backends need the weights; the others get the ONNX paths.
-        pair_files = {True: workdir / f"{pair.name}.pair.pickle", False: workdir / f"{pair.name}.onnx-pair.pickle"}
-        pair_files[True].write_bytes(pickle.dumps(pair, protocol=pickle.HIGHEST_PROTOCOL))
-        pair_files[False].write_bytes(pickle.dumps(pair.without_weights(), protocol=pickle.HIGHEST_PROTOCOL))
+    workers: dict[str, ProcessBackend] = {}
+    if isolate:
         for backend in settings.backends:
             try:
                 for side in (pair.student, pair.teacher):
@@ -720,14 +717,19 @@ def _measure_pair(
             except Exception as e:  # reported below with the others
                 refused[backend] = e
                 continue
-            if backend not in workers or not workers[backend].alive:  # the processes import side by side
-                workers[backend] = ProcessBackend(backend, settings.threads, workdir)
+            workers[backend] = ProcessBackend(backend, settings.threads, workdir)  # they import side by side
+        # Only the PyTorch backends need the weights; the others get the ONNX paths.
+        pair_files = {}
+        for weights in {b.startswith("torch") for b in workers}:
+            pair_files[weights] = workdir / f"{pair.name}.{'torch' if weights else 'onnx'}.pickle"
+            data = pair if weights else pair.without_weights()
+            pair_files[weights].write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
     for backend in settings.backends:
         try:
             if backend in refused:
                 raise refused[backend]
-            if workers is not None:
-                # One backend binds at a time, while the workers started for this pair still import.
+            if isolate:
+                # One backend binds at a time, while the others still import.
                 workers[backend].bind(pair_files[backend.startswith("torch")], shapes)
                 backends[backend] = workers[backend]
             else:
@@ -741,7 +743,7 @@ def _measure_pair(
         except Exception as e:  # e.g. a provider whose libraries are missing: reported, not hidden
             errors.append({"pair": pair.name, "backend": backend, "batch": None, "seq": None, "error": repr(e)})
             log(f"{pair.name} {backend}: error {e!r}")
-    if workers is not None:
+    if isolate:
         for f in pair_files.values():  # read by every worker by now; BERT-base's is 0.5 GB
             f.unlink()
     vocab = min(pair.student.config.vocab_size, pair.teacher.config.vocab_size)
@@ -765,11 +767,13 @@ def _measure_pair(
                 )
             log(f"{pair.name} b{batch} s{seq}: {len(cells)} backends interleaved in {time.time() - t0:.1f} s")
     finally:
-        for b in backends.values():
-            with contextlib.suppress(Exception):  # a worker that died has nothing left to free
+        for w in workers.values():  # which frees their models
+            w.close()
+        if not isolate:
+            for b in backends.values():
                 b.release()
-        if workers is None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def run_benchmark(
@@ -785,16 +789,7 @@ def run_benchmark(
     errors: list[dict[str, str]] = []
     with cpu_threads(settings.threads) as threads:
         for pair in pairs:
-            # Fresh processes for each pair, so that no pair is measured in a process that held the
-            # last one's models.
-            workers: dict[str, ProcessBackend] = {}
-            try:
-                _measure_pair(
-                    pair, settings, shapes, workdir, workers if isolate else None, log, results, skipped, errors
-                )
-            finally:
-                for w in workers.values():
-                    w.close()
+            _measure_pair(pair, settings, shapes, workdir, isolate, log, results, skipped, errors)
     return {
         "machine": {**machine_info(), **threads},
         "settings": dataclasses.asdict(settings),
@@ -900,32 +895,33 @@ def shape_pair(name: str, spec: Mapping[str, Any], workdir: Path, head: str = "c
 
 def load_shape_pair(folder: Path) -> Pair:
     """A pair written by :func:`export_shape` (rule ``benchmark_shape``), loaded again."""
-    from .checkpoints import load_model
-
     record_file = folder / SHAPE_RECORD
     if not record_file.is_file():
         raise FileNotFoundError(f"{record_file}: missing; the folder is not a shape export (rule benchmark_shape)")
     record = json.loads(record_file.read_text())
-    models = {}
-    for side in ("student", "teacher"):
-        model = load_model(folder / side, head=record["head"])
-        files = {k: folder / side / FILES[k] for k in FILES if (folder / side / FILES[k]).is_file()}
-        models[side] = Model(f"{record['name']}/{side}", model, files)
-    return Pair(record["name"], "shape", models["student"], models["teacher"])
+    student, teacher = (
+        _load_side(f"{record['name']}/{side}", folder / side, folder / side, record["head"])
+        for side in ("student", "teacher")
+    )
+    return Pair(record["name"], "shape", student, teacher)
 
 
 def task_pair(onnx_dir: Path) -> Pair:
     """A task's student and teacher from its export folder (``export.json`` names their sources)."""
+    record = json.loads((onnx_dir / "export.json").read_text())
+    student, teacher = (
+        _load_side(f"{record['task']}/{side}", record["models"][side]["source"], onnx_dir / side, record["head"])
+        for side in ("student", "teacher")
+    )
+    return Pair(record["task"], "task", student, teacher)
+
+
+def _load_side(name: str, weights: str | Path, onnx_dir: Path, head: str) -> Model:
+    """One side of an exported pair: its PyTorch model and the ONNX files found in ``onnx_dir``."""
     from .checkpoints import load_model
 
-    record = json.loads((onnx_dir / "export.json").read_text())
-    models = {}
-    for side in ("student", "teacher"):
-        info = record["models"][side]
-        model = load_model(info["source"], head=record["head"])
-        files = {k: onnx_dir / side / FILES[k] for k in FILES if (onnx_dir / side / FILES[k]).is_file()}
-        models[side] = Model(f"{record['task']}/{side}", model, files)
-    return Pair(record["task"], "task", models["student"], models["teacher"])
+    files = {k: onnx_dir / FILES[k] for k in FILES if (onnx_dir / FILES[k]).is_file()}
+    return Model(name, load_model(weights, head=head), files)
 
 
 # ---------------------------------------------------------------------------------------------
