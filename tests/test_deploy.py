@@ -308,6 +308,8 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
         # The mean is rounded to 1 µs, a few percent of a tiny model's batch: bracket it.
         mean_s = s["latency_ms"]["mean"] / 1000
         assert r["batch"] / (mean_s + 5e-7) * 0.999 <= s["seq_per_s"] <= r["batch"] / max(mean_s - 5e-7, 1e-9) * 1.001
+        assert len(s["batch_ms"]) == len(t["batch_ms"]) == 2  # each batch's time, in the order timed
+        assert sum(s["batch_ms"]) / 2 == pytest.approx(s["latency_ms"]["mean"], abs=2e-3)
     assert summary["errors"] == []
     skipped = {(s["pair"], s["backend"]): s["reason"] for s in summary["skipped"]}
     assert skipped[("sst2", "ort-int8")] == "no model.int8.onnx was exported (export settings)"
@@ -327,8 +329,15 @@ def test_benchmark_writes_the_summary_and_skips_what_cannot_run(tmp_path, monkey
         rows[("tiny", best, 3, 16)]["student"]["seq_per_s"] / rows[("tiny", "torch", 3, 16)]["student"]["seq_per_s"],
         rel=1e-2,
     )
+    # The headline ratio of each round: the teacher's batch time over the student's in that round.
+    s_ms = rows[("tiny", best, 3, 16)]["student"]["batch_ms"]
+    t_ms = rows[("tiny", h["best_fp32"]["teacher_backend"], 3, 16)]["teacher"]["batch_ms"]
+    rounds = h["best_fp32"]["speedup_per_round"]
+    assert rounds == pytest.approx([t_ms[i] / s_ms[i] for i in range(2)], rel=1e-3)
+    assert min(rounds) * 0.999 <= h["best_fp32"]["speedup"] <= max(rounds) * 1.001
     md = (out / "summary.md").read_text()
     assert "| ort-fused | fp32 | 3 | 16 |" in md and "Skipped backends" in md
+    assert f"**{h['best_fp32']['speedup']:.2f}x** (rounds {min(rounds):.2f}-{max(rounds):.2f}x)" in md
 
 
 def test_shape_export_is_saved_once_and_loads_again_with_its_weights(tmp_path):
@@ -587,6 +596,10 @@ def test_backends_are_interleaved_so_a_machine_that_slows_down_keeps_their_ratio
     (h,) = (h for h in summary["headline"] if h["batch"] == 2)
     assert h["int8_vs_fp32_onnx"] == {"student": 2.0, "teacher": 2.0}
     assert h["best_fp32"]["student_backend"] == "ort-fused" and h["student_best_fp32_vs_torch_eager"] == 1.25
+    # Each round alone gives the same ratios, in the slow rounds as in the fast ones.
+    assert h["int8_vs_fp32_onnx_per_round"] == {"student": [2.0] * 4, "teacher": [2.0] * 4}
+    assert h["student_best_fp32_vs_torch_eager_per_round"] == [1.25] * 4
+    assert h["best_fp32"]["speedup_per_round"] == [10.0] * 4
     rows = {(r["backend"], r["batch"]): r for r in summary["results"]}
     assert rows["ort-int8", 2]["student"]["seq_per_s"] == pytest.approx(2 * 4 / (2 * 0.5 + 2 * 1.0) * 1000, rel=1e-5)
     assert rows["torch", 2]["speedup"] == 10.0
@@ -628,8 +641,43 @@ def test_headline_picks_the_best_backend_per_precision_by_hand():
     assert h["student_best_fp32_vs_torch_eager"] == 1.2 and h["student_best_bf16_vs_torch_eager"] == 3.0
 
 
+def test_ratios_per_round_show_an_outlier_that_the_totals_hide():
+    """Three rounds in which the student's last batch took three times its usual 10 ms (the
+    machine, not the model): over the totals the student runs 6x its teacher, round by round
+    10x, 10x and 3.33x; the summary prints that spread beside the ratio. Cells without per-batch
+    times (summaries written before they were kept) give no spread instead of a wrong one."""
+
+    def cell(backend, student_ms, teacher_ms):
+        sides = {side: bench.latency_stats([t / 1000 for t in ms], 8)
+                 for side, ms in (("student", student_ms), ("teacher", teacher_ms))}  # fmt: skip
+        return {"pair": "p", "backend": backend, "precision": bench.BACKEND_INFO[backend][0], "device": "cpu",
+                "batch": 8, "seq": 128, **sides, "speedup": 1.0}  # fmt: skip
+
+    results = [cell("torch", [10, 10, 30], [100, 100, 100]), cell("ort", [20, 20, 20], [200, 200, 200]),
+               cell("ort-int8", [10, 10, 10], [100, 100, 200])]  # fmt: skip
+    (h,) = bench.headline(results)
+    assert h["best_fp32"]["speedup"] == pytest.approx(6.0, rel=1e-3)
+    assert h["best_fp32"]["speedup_per_round"] == [10.0, 10.0, 3.333]
+    assert h["student_best_fp32_vs_torch_eager_per_round"] == [1.0, 1.0, 1.0]
+    assert h["int8_vs_fp32_onnx_per_round"] == {"student": [2.0, 2.0, 2.0], "teacher": [2.0, 2.0, 1.0]}
+    summary = {"machine": {"cpu": "x", "threads": 2, "cpu_count": 2, "cpu_isa": ["avx2"], "versions": {}},
+               "settings": {"warmup": 1, "iterations": 3}, "results": results, "headline": [h],
+               "skipped": [], "errors": [],
+               "pairs": {"p": {"kind": "shape", **{s: {"layers": 1, "hidden_size": 8, "parameters": 1e6}
+                                                    for s in ("student", "teacher")}}}}  # fmt: skip
+    md = bench.summary_markdown(summary)
+    assert "**6.00x** (rounds 3.33-10.00x)" in md and "INT8 / fp32 ONNX student 2.00x (rounds 2.00-2.00x)" in md
+    for r in results:
+        for side in ("student", "teacher"):
+            del r[side]["batch_ms"]
+    (h,) = bench.headline(results)
+    assert "speedup_per_round" not in h["best_fp32"] and "int8_vs_fp32_onnx_per_round" not in h
+    assert "student_best_fp32_vs_torch_eager_per_round" not in h
+
+
 def test_latency_stats_by_hand():
     stats = bench.latency_stats([0.1, 0.2, 0.3, 0.4], batch=8)
+    assert stats["batch_ms"] == pytest.approx([100.0, 200.0, 300.0, 400.0])
     assert stats["seq_per_s"] == pytest.approx(32 / 1.0)
     assert stats["latency_ms"]["mean"] == pytest.approx(250.0)
     assert stats["latency_ms"]["p50"] == pytest.approx(250.0)

@@ -411,8 +411,9 @@ def fp32_ceiling(
     }
 
 
-def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
-    """Throughput (sequences/s over all timed batches) and per-batch latency percentiles in ms."""
+def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, Any]:
+    """Throughput (sequences/s over all timed batches), per-batch latency percentiles in ms, and
+    each batch's ms in the order timed (``batch_ms[i]`` is round ``i`` of :func:`measure_cell`)."""
     s = np.asarray(seconds, dtype=np.float64)
     return {
         "seq_per_s": round(batch * len(s) / float(s.sum()), 2),
@@ -423,7 +424,19 @@ def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
             "p99": round(1000 * float(np.percentile(s, 99)), 3),
         },
         "iterations": len(s),
+        "batch_ms": [round(1000 * float(x), 3) for x in s],
     }
+
+
+def per_round(fast: Mapping[str, Any], slow: Mapping[str, Any]) -> list[float] | None:
+    """``slow``'s time over ``fast``'s in each round of one cell (two sides' :func:`latency_stats`,
+    same batch): the ratio of sequences/s that round alone gives. Models of one round ran
+    seconds apart, so the spread of these ratios is the noise of the figure within one run.
+    None where a side has no per-batch times (summaries written before they were kept)."""
+    a, b = fast.get("batch_ms"), slow.get("batch_ms")
+    if not a or not b or len(a) != len(b):
+        return None
+    return [round(y / x, 3) for x, y in zip(a, b, strict=True)]
 
 
 class LocalBackend:
@@ -823,7 +836,8 @@ def _describe(m: Model) -> dict[str, Any]:
 def headline(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per pair, batch and seq: best fp32 backend of each side and their ratio, the best fp32
     student backend against PyTorch eager fp32, INT8 against the fp32 ONNX graph, the best fp16
-    backend of each side (GPU) and the best bf16 one (against PyTorch eager fp32 too)."""
+    backend of each side (GPU) and the best bf16 one (against PyTorch eager fp32 too). Each ratio
+    also comes per round (``..._per_round``, :func:`per_round`), where the cells kept their times."""
     cells: dict[tuple, dict[str, Mapping[str, Any]]] = {}
     for r in results:
         cells.setdefault((r["pair"], r["batch"], r["seq"]), {})[r["backend"]] = r
@@ -835,30 +849,37 @@ def headline(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             cands = [r for r in by.values() if r["precision"] == precision]
             if not cands:
                 return None
-            r = max(cands, key=lambda r: r[side]["seq_per_s"])
-            return r["backend"], r[side]["seq_per_s"]
+            return max(cands, key=lambda r: r[side]["seq_per_s"])
 
         for precision in ("fp32", "fp16", "bf16"):
             s, t = best("student", precision), best("teacher", precision)
             if s and t:
+                s_rate, t_rate = s["student"]["seq_per_s"], t["teacher"]["seq_per_s"]
                 row[f"best_{precision}"] = {
-                    "student_backend": s[0], "student_seq_per_s": s[1],
-                    "teacher_backend": t[0], "teacher_seq_per_s": t[1],
-                    "speedup": round(s[1] / t[1], 3),
+                    "student_backend": s["backend"], "student_seq_per_s": s_rate,
+                    "teacher_backend": t["backend"], "teacher_seq_per_s": t_rate,
+                    "speedup": round(s_rate / t_rate, 3),
                 }  # fmt: skip
+                rounds = per_round(s["student"], t["teacher"])
+                if rounds:
+                    row[f"best_{precision}"]["speedup_per_round"] = rounds
         # Against PyTorch eager on the same device: the best CPU backend of the precision.
         for precision in ("fp32", "bf16"):
             cpu = [r for r in by.values() if r["precision"] == precision and r["device"] == "cpu"]
             if "torch" in by and cpu:
-                fastest = max(r["student"]["seq_per_s"] for r in cpu)
-                row[f"student_best_{precision}_vs_torch_eager"] = round(
-                    fastest / by["torch"]["student"]["seq_per_s"], 3
-                )
+                fastest = max(cpu, key=lambda r: r["student"]["seq_per_s"])
+                key = f"student_best_{precision}_vs_torch_eager"
+                row[key] = round(fastest["student"]["seq_per_s"] / by["torch"]["student"]["seq_per_s"], 3)
+                rounds = per_round(fastest["student"], by["torch"]["student"])
+                if rounds:
+                    row[f"{key}_per_round"] = rounds
         if "ort-int8" in by and "ort" in by:
-            row["int8_vs_fp32_onnx"] = {
-                side: round(by["ort-int8"][side]["seq_per_s"] / by["ort"][side]["seq_per_s"], 3)
-                for side in ("student", "teacher")
-            }
+            sides = ("student", "teacher")
+            int8, fp32 = by["ort-int8"], by["ort"]
+            row["int8_vs_fp32_onnx"] = {s: round(int8[s]["seq_per_s"] / fp32[s]["seq_per_s"], 3) for s in sides}
+            rounds = {s: per_round(int8[s], fp32[s]) for s in sides}
+            if all(rounds.values()):
+                row["int8_vs_fp32_onnx_per_round"] = rounds
         out.append(row)
     return out
 
@@ -940,6 +961,10 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
 
 
+def _spread(rounds: Sequence[float] | None) -> str:
+    return f" (rounds {min(rounds):.2f}-{max(rounds):.2f}x)" if rounds else ""
+
+
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     """Speedup tables, one per pair: every backend x batch x seq, then the headline ratios."""
     m = summary["machine"]
@@ -953,7 +978,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         + ".",
         f"Each cell: {summary['settings']['warmup']} warm-up and {summary['settings']['iterations']} timed batches "
         "per model, every model of every backend timing one batch per round; sequences/s over the timed batches; "
-        "speedup = student / teacher.",
+        "speedup = student / teacher; a ratio's rounds: the lowest and highest it had in a single round.",
         "",
     ]
     for name, pair in summary["pairs"].items():
@@ -978,22 +1003,27 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 b = h["best_fp32"]
                 parts.append(
                     f"best fp32 student ({b['student_backend']}) / best fp32 teacher ({b['teacher_backend']}) "
-                    f"**{b['speedup']:.2f}x**"
+                    f"**{b['speedup']:.2f}x**{_spread(b.get('speedup_per_round'))}"
                 )
             if "student_best_fp32_vs_torch_eager" in h:
-                parts.append(f"best fp32 student / PyTorch eager {h['student_best_fp32_vs_torch_eager']:.2f}x")
+                parts.append(
+                    f"best fp32 student / PyTorch eager {h['student_best_fp32_vs_torch_eager']:.2f}x"
+                    + _spread(h.get("student_best_fp32_vs_torch_eager_per_round"))
+                )
             if "int8_vs_fp32_onnx" in h:
-                parts.append(f"INT8 / fp32 ONNX student {h['int8_vs_fp32_onnx']['student']:.2f}x")
+                rounds = h.get("int8_vs_fp32_onnx_per_round", {}).get("student")
+                parts.append(f"INT8 / fp32 ONNX student {h['int8_vs_fp32_onnx']['student']:.2f}x{_spread(rounds)}")
             if "best_fp16" in h:
                 b = h["best_fp16"]
                 parts.append(f"best fp16 student ({b['student_backend']}) {_fmt(b['student_seq_per_s'])} seq/s, "
-                             f"{b['speedup']:.2f}x its teacher")  # fmt: skip
+                             f"{b['speedup']:.2f}x its teacher{_spread(b.get('speedup_per_round'))}")  # fmt: skip
             if "best_bf16" in h:
                 b = h["best_bf16"]
                 vs = h.get("student_best_bf16_vs_torch_eager")
                 eager = f", {vs:.2f}x PyTorch eager fp32" if vs else ""
+                spread = _spread(b.get("speedup_per_round"))
                 parts.append(f"best bf16 student ({b['student_backend']}) {_fmt(b['student_seq_per_s'])} seq/s, "
-                             f"{b['speedup']:.2f}x its teacher{eager}")  # fmt: skip
+                             f"{b['speedup']:.2f}x its teacher{spread}{eager}")  # fmt: skip
             lines.append(f"- batch {h['batch']}, seq {h['seq']}: " + "; ".join(parts))
         lines.append("")
     if summary["skipped"]:
