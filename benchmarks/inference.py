@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", help="override the backend list")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
     ap.add_argument("--seq-lengths", type=int, nargs="+", help="default: 128 (CPU), 128 384 (GPU)")
-    ap.add_argument("--warmup", type=int, help="default: 1 (CPU), 10 (GPU)")
+    ap.add_argument("--warmup", type=int, help="default: 2 (CPU), 10 (GPU)")
     ap.add_argument("--iterations", type=int, help="default: 3 (CPU), 50 (GPU)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
     ap.add_argument("--shape", default="reference-4l-312d", help="an entry of benchmark.shapes in the config")
@@ -52,7 +52,7 @@ def main() -> None:
         backends=args.backends or (GPU if args.gpu else CPU),
         batch_sizes=args.batch_sizes,
         seq_lengths=args.seq_lengths or ([128, 384] if args.gpu else [128]),
-        warmup=args.warmup if args.warmup is not None else (10 if args.gpu else 1),
+        warmup=args.warmup if args.warmup is not None else (10 if args.gpu else 2),
         iterations=args.iterations or (50 if args.gpu else 3),
         threads=args.threads,
     )

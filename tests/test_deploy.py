@@ -400,6 +400,29 @@ def test_gpu_check_script_writes_every_file_and_runs_the_cuda_tests(tmp_path):
         assert count["skipped"] == count["tests"]
 
 
+def test_warmup_script_compares_each_first_batch_with_the_later_ones(tmp_path):
+    """benchmarks/warmup.py on a tiny shape: every run of each warm-up count, in turn, keeps each
+    side's per-batch times, and its ratio is the first batch over the median of the others."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"benchmark": {"shapes": TINY_SHAPES}}))
+    args = ["--config", str(config), "--shape", "tiny", "--batch", "2", "--seq", "16", "--iterations", "3",
+            "--repeats", "1", "--warmups", "0", "2", "--backends", "torch", "ort", "--threads", "1",
+            "--output", str(tmp_path / "w.json")]  # fmt: skip
+    script = str(REPO / "benchmarks/warmup.py")
+    run = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    assert out == json.loads((tmp_path / "w.json").read_text())
+    assert [(r["warmup"], r["backend"], r["side"]) for r in out["runs"]] == [
+        (w, b, side) for w in (0, 2) for b in ("torch", "ort") for side in ("student", "teacher")
+    ]
+    for r in out["runs"]:
+        ms = r["batch_ms"]
+        assert len(ms) == 3 and r["first_over_rest"] == pytest.approx(ms[0] / ((ms[1] + ms[2]) / 2), rel=1e-2)
+    assert set(out["by_warmup"]) == {"0", "2"} and set(out["by_warmup"]["2"]["ort"]) == {"student", "teacher"}
+    assert out["machine"]["threads"] == 1
+
+
 def test_missing_backend_is_reported_with_its_reason(tmp_path, monkeypatch):
     """No tensorrt module and an onnxruntime without the CUDA provider: both reported as skipped."""
     import builtins
