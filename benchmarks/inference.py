@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,9 @@ import yaml
 
 from bertdistill.benchmark import cpu_threads, fp32_ceiling, run_benchmark, shape_pair
 from bertdistill.settings import BenchmarkSettings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _output import emit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = ["torch", "torch-compile-cpu", "torch-bf16-cpu", "torch-compile-bf16-cpu", "ort", "ort-fused", "ort-int8"]
@@ -57,7 +61,7 @@ def main() -> None:
         threads=args.threads,
     )
     spec = yaml.safe_load(args.config.read_text())["benchmark"]["shapes"][args.shape]
-    log = lambda msg: print(msg, flush=True, file=__import__("sys").stderr)  # noqa: E731
+    log = lambda msg: print(msg, flush=True, file=sys.stderr)  # noqa: E731
     with tempfile.TemporaryDirectory() as work:
         pair = shape_pair(args.shape, spec, Path(work))
         summary = run_benchmark([pair], settings, Path(work), log=log)
@@ -137,11 +141,7 @@ def main() -> None:
         "ratios": ratios,
         "int8_metric": int8_metric,
     }
-    text = json.dumps(out, indent=1)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    print(text)
+    emit(out, args.output)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ per warm-up count the median ratio over the repeats (``by_warmup``). ``--output`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -20,6 +19,9 @@ import yaml
 
 from bertdistill.benchmark import run_benchmark, shape_pair
 from bertdistill.settings import BenchmarkSettings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _output import emit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,11 +75,7 @@ def main() -> None:
         "runs": runs,
         "by_warmup": by_warmup,
     }
-    text = json.dumps(out, indent=1)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    print(text)
+    emit(out, args.output)
 
 
 if __name__ == "__main__":
