@@ -430,8 +430,9 @@ def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, Any]:
 
 def per_round(fast: Mapping[str, Any], slow: Mapping[str, Any]) -> list[float] | None:
     """``slow``'s time over ``fast``'s in each round of one cell (two sides' :func:`latency_stats`,
-    same batch): the ratio of sequences/s that round alone gives. Models of one round ran
-    seconds apart, so the spread of these ratios is the noise of the figure within one run.
+    same batch): the ratio of sequences/s that round alone gives. Both batches of a round ran
+    within one pass over the models, so the spread of these ratios is the noise of the figure
+    within one run.
     None where a side has no per-batch times (summaries written before they were kept)."""
     a, b = fast.get("batch_ms"), slow.get("batch_ms")
     if not a or not b or len(a) != len(b):
