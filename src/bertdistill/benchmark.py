@@ -433,7 +433,8 @@ def per_round(fast: Mapping[str, Any], slow: Mapping[str, Any]) -> list[float] |
     same batch): the ratio of sequences/s that round alone gives. Both batches of a round ran
     within one pass over the models, so the spread of these ratios is the noise of the figure
     within one run.
-    None where a side has no per-batch times (summaries written before they were kept)."""
+    None where a side has no per-batch times (summaries written before they were kept) or the
+    two sides timed different numbers of batches."""
     a, b = fast.get("batch_ms"), slow.get("batch_ms")
     if not a or not b or len(a) != len(b):
         return None
